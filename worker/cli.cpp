@@ -1,0 +1,584 @@
+#include "worker/cli.h"
+
+#include <pplx/threadpool.h>
+#include <signal.h>
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
+
+#include <boost/asio/signal_set.hpp>
+#include <cstdio>
+#include <iostream>
+#include <map>
+
+#include "backends/registry.h"
+#include "worker/async.h"
+#include "worker/exit_codes.h"
+#include "worker/logging.h"
+#include "worker/metrics.h"
+#include "worker/prefect_client.h"
+#include "worker/run_preparation.h"
+#include "worker/version.h"
+#include "worker/worker.h"
+
+namespace poolworker::cli {
+namespace {
+
+struct OptionDef {
+  std::string long_name;  // without dashes
+  char short_name = 0;
+  bool takes_value = true;
+};
+
+const std::map<std::string, std::vector<OptionDef>>& commandOptions() {
+  static const std::map<std::string, std::vector<OptionDef>> kOptions = {
+      {"start",
+       {{"pool", 'p'},
+        {"work-queue", 'q'},
+        {"name", 'n'},
+        {"limit", 'l'},
+        {"prefetch-seconds", 0},
+        {"run-once", 0, false},
+        {"type", 't'},
+        {"base-job-template", 0},
+        {"with-healthcheck", 0, false},
+        {"create-pool-if-not-found", 0, false},
+        {"no-create-pool-if-not-found", 0, false},
+        {"install-policy", 0},
+        {"config", 'c'},
+        {"state-dir", 0},
+        {"log-level", 0},
+        {"log-format", 0},
+        {"plugin-dir", 0},
+        {"help", 'h', false}}},
+      {"template", {{"type", 't'}, {"help", 'h', false}}},
+      {"render",
+       {{"pool", 'p'},
+        {"deployment", 'd'},
+        {"flow-run", 'f'},
+        {"job-variables", 'j'},
+        {"config", 'c'},
+        {"plugin-dir", 0},
+        {"help", 'h', false}}},
+      {"backends", {{"plugin-dir", 0}, {"help", 'h', false}}},
+  };
+  return kOptions;
+}
+
+Error usage(const std::string& message) {
+  return makeError(ErrorKind::InvalidConfiguration, message);
+}
+
+Result<void> apply(Command& cmd, const std::string& option, const std::string& value) {
+  StartFlags& f = cmd.start;
+  if (option == "pool") {
+    f.pool = value;
+  } else if (option == "work-queue") {
+    f.work_queues.push_back(value);
+  } else if (option == "name") {
+    f.name = value;
+  } else if (option == "limit") {
+    f.limit = value;
+  } else if (option == "prefetch-seconds") {
+    f.prefetch_seconds = value;
+  } else if (option == "run-once") {
+    f.run_once = true;
+  } else if (option == "type") {
+    f.type = value;
+    cmd.type = value;
+  } else if (option == "base-job-template") {
+    f.base_job_template = value;
+  } else if (option == "with-healthcheck") {
+    f.with_healthcheck = true;
+  } else if (option == "create-pool-if-not-found") {
+    f.create_pool_if_not_found = true;
+  } else if (option == "no-create-pool-if-not-found") {
+    f.create_pool_if_not_found = false;
+  } else if (option == "install-policy") {
+    // Accepted for compatibility with `prefect worker start`; poolworker installs nothing.
+  } else if (option == "config") {
+    f.config_file = value;
+  } else if (option == "state-dir") {
+    f.state_dir = value;
+  } else if (option == "log-level") {
+    f.log_level = value;
+  } else if (option == "log-format") {
+    f.log_format = value;
+  } else if (option == "plugin-dir") {
+    f.plugin_dirs.push_back(value);
+  } else if (option == "deployment") {
+    cmd.deployment = value;
+  } else if (option == "flow-run") {
+    cmd.flow_run = value;
+  } else if (option == "job-variables") {
+    cmd.job_variables = value;
+  } else if (option == "help") {
+    cmd.help_topic = cmd.name;
+    cmd.name = "help";
+  }
+  return success();
+}
+
+}  // namespace
+
+Result<Command> parse(const std::vector<std::string>& args) {
+  Command cmd;
+  size_t i = 0;
+  if (args.empty()) {
+    cmd.name = "help";
+    return cmd;
+  }
+  const std::string& first = args[0];
+  if (first == "--help" || first == "-h" || first == "help") {
+    cmd.name = "help";
+    if (args.size() > 1) {
+      cmd.help_topic = args[1] == "worker" && args.size() > 2 ? args[2] : args[1];
+    }
+    return cmd;
+  }
+  if (first == "--version" || first == "-V" || first == "version") {
+    cmd.name = "version";
+    return cmd;
+  }
+  // `poolworker worker start` reads like `prefect worker start`.
+  if (first == "worker") {
+    if (args.size() < 2 || args[1] != "start") {
+      return usage("unknown command 'worker" + (args.size() > 1 ? " " + args[1] : "") +
+                   "'; did you mean 'poolworker start'?");
+    }
+    i = 2;
+    cmd.name = "start";
+  } else {
+    cmd.name = first;
+    i = 1;
+  }
+  auto options = commandOptions().find(cmd.name);
+  if (options == commandOptions().end()) {
+    return usage("unknown command '" + cmd.name + "'. Commands: start, template, render, backends. "
+                 "See 'poolworker --help'.");
+  }
+  const std::string command_name = cmd.name;
+  for (; i < args.size(); ++i) {
+    const std::string& arg = args[i];
+    std::string name;
+    std::optional<std::string> inline_value;
+    const OptionDef* def = nullptr;
+    if (arg.rfind("--", 0) == 0 && arg.size() > 2) {
+      name = arg.substr(2);
+      if (auto eq = name.find('='); eq != std::string::npos) {
+        inline_value = name.substr(eq + 1);
+        name = name.substr(0, eq);
+      }
+      for (const auto& d : options->second) {
+        if (d.long_name == name) {
+          def = &d;
+        }
+      }
+    } else if (arg.size() >= 2 && arg[0] == '-' && arg[1] != '-') {
+      for (const auto& d : options->second) {
+        if (d.short_name == arg[1]) {
+          def = &d;
+          name = d.long_name;
+        }
+      }
+      if (def != nullptr && arg.size() > 2) {
+        inline_value = arg.substr(2);
+      }
+      if (def == nullptr) {
+        name = arg.substr(1);
+      }
+    } else {
+      return usage("unexpected argument '" + arg + "' for 'poolworker " + command_name +
+                   "'. See 'poolworker " + command_name + " --help'.");
+    }
+    if (def == nullptr) {
+      return usage("unknown option '" + arg + "' for 'poolworker " + command_name +
+                   "'. See 'poolworker " + command_name + " --help'.");
+    }
+    std::string value;
+    if (def->takes_value) {
+      if (inline_value) {
+        value = *inline_value;
+      } else if (i + 1 < args.size()) {
+        value = args[++i];
+      } else {
+        return usage("option '--" + def->long_name + "' needs a value");
+      }
+    } else if (inline_value) {
+      return usage("option '--" + def->long_name + "' takes no value");
+    }
+    if (auto applied = apply(cmd, def->long_name, value); !applied) {
+      return applied.error();
+    }
+    if (cmd.name == "help") {
+      return cmd;
+    }
+  }
+  return cmd;
+}
+
+std::string helpText(const std::string& command) {
+  if (command == "start") {
+    return R"(Usage: poolworker start --pool NAME [OPTIONS]
+
+Start a worker that polls a Prefect work pool and runs its flow runs: a drop-in
+for `prefect worker start`, with the same flags and PREFECT_* settings.
+
+Options:
+  -p, --pool NAME              Work pool to poll (required).
+  -q, --work-queue NAME        Work queue to poll; repeat for several. Default: all.
+  -n, --name NAME              Worker name. Default: "<Type>Worker <uuid>".
+  -l, --limit N                Most flow runs running at once. Default: no limit.
+      --prefetch-seconds N     Claim runs due within N seconds
+                               (PREFECT_WORKER_PREFETCH_SECONDS, default 10).
+      --run-once               Poll once, wait for the runs taken, then exit.
+  -t, --type TYPE              Worker type (process, ...). Default: the pool's type,
+                               or process when the pool has to be created.
+      --base-job-template FILE JSON template used when the worker creates the pool.
+      --with-healthcheck       Serve /health, /health/live, /health/ready and
+                               /metrics on PREFECT_WORKER_WEBSERVER_HOST:PORT
+                               (default 0.0.0.0:8080).
+      --no-create-pool-if-not-found
+                               Do not create a missing pool.
+  -c, --config FILE            YAML config file (or POOLWORKER_CONFIG).
+      --state-dir DIR          Where runs are journalled, so that a restarted worker
+                               follows them (POOLWORKER_STATE_DIR).
+      --log-level LEVEL        trace, debug, info, warning, error (default info).
+      --log-format FORMAT      text or json (default text).
+      --plugin-dir DIR         Load backend plugins from DIR.
+  -h, --help                   Show this help.
+
+Settings (environment): PREFECT_API_URL (required), PREFECT_API_KEY,
+PREFECT_API_AUTH_STRING, PREFECT_WORKER_QUERY_SECONDS (10),
+PREFECT_WORKER_HEARTBEAT_SECONDS (30), PREFECT_WORKER_PREFETCH_SECONDS (10),
+PREFECT_WORKER_WEBSERVER_HOST/PORT, PREFECT_API_TLS_INSECURE_SKIP_VERIFY,
+PREFECT_API_SSL_CERT_FILE, PREFECT_API_REQUEST_TIMEOUT, PREFECT_CLIENT_MAX_RETRIES.
+Precedence: flags > environment > config file > Prefect profile > defaults.
+
+Signals: SIGTERM or SIGINT stops claiming and exits, leaving running flows to the
+next worker; a second one cancels the running flows first.
+)";
+  }
+  if (command == "template") {
+    return R"(Usage: poolworker template --type TYPE
+
+Print the default base job template of a worker type, as JSON. Pools created with
+`prefect work-pool create --type TYPE` get the same template.
+)";
+  }
+  if (command == "render") {
+    return R"(Usage: poolworker render --pool NAME (--deployment FLOW/DEPLOYMENT | --flow-run ID)
+                         [--job-variables JSON]
+
+Print the job configuration a run would get: the pool's base job template with the
+deployment's and the flow run's job variables applied, blocks and variables
+resolved, and Prefect's environment and labels added. Secrets are masked.
+Needs PREFECT_API_URL (and credentials) like `start`.
+)";
+  }
+  if (command == "backends") {
+    return R"(Usage: poolworker backends
+
+List the backends (worker types) this poolworker can run, with version and origin.
+)";
+  }
+  return R"(poolworker: a small, fast worker for Prefect 3 work pools.
+
+Usage: poolworker COMMAND [OPTIONS]
+
+Commands:
+  start       Poll a work pool and run its flow runs (like `prefect worker start`).
+  template    Print the default base job template of a worker type.
+  render      Show the job configuration a deployment's run would get.
+  backends    List the available backends.
+
+Options:
+  -h, --help     Show help (also: poolworker COMMAND --help).
+  -V, --version  Show the version.
+
+Replace `prefect worker start --pool my-pool` with `poolworker start --pool my-pool`.
+)";
+}
+
+namespace {
+
+std::string userAgent() {
+  return std::string("poolworker/") + version() + " (API 0.8.4)";
+}
+
+void initRuntime() {
+  // cpprestsdk's default pool starts 40 threads; the worker needs a couple.
+  static bool done = false;
+  if (!done) {
+    crossplat::threadpool::initialize_with_threads(2);
+    done = true;
+  }
+  ::signal(SIGPIPE, SIG_IGN);
+}
+
+int runStart(const Command& cmd) {
+  auto settings = resolveSettings(cmd.start, currentEnvironment());
+  if (!settings) {
+    std::fprintf(stderr, "poolworker: %s\n", settings.error().message.c_str());
+    return exit_codes::kUsage;
+  }
+  logging::setup(settings->log_level, settings->log_format);
+  initRuntime();
+
+  asio::io_context io;
+  Metrics metrics;
+  backends::BackendRegistry registry;
+  if (auto registered = backends::registerBuiltinBackends(registry, io); !registered) {
+    std::fprintf(stderr, "poolworker: %s\n", registered.error().message.c_str());
+    return exit_codes::kStartupFailure;
+  }
+  prefect::PrefectClient client(io, settings->api, userAgent());
+  Worker worker(io, std::move(settings).value(), client, registry, metrics);
+  worker.onStarted([] { sd_notify(0, "READY=1"); });
+
+  int signals_seen = 0;
+  asio::signal_set signals(io, SIGINT, SIGTERM);
+  std::function<void(const boost::system::error_code&, int)> on_signal =
+      [&](const boost::system::error_code& ec, int signo) {
+        if (ec) {
+          return;
+        }
+        ++signals_seen;
+        static const logging::Logger kLog("worker");
+        const char* name = signo == SIGINT ? "SIGINT" : "SIGTERM";
+        if (signals_seen == 1) {
+          kLog.info(std::string("Received ") + name +
+                    ": stopping. Send it again to cancel the running flow runs.");
+          sd_notify(0, "STOPPING=1");
+          worker.requestStop(StopMode::Drain);
+        } else if (signals_seen == 2) {
+          kLog.info(std::string("Received ") + name +
+                    " again: cancelling the running flow runs, then exiting.");
+          worker.requestStop(StopMode::Cancel);
+        } else {
+          kLog.warn("Received a third signal: exiting now.");
+          std::_Exit(130);
+        }
+        signals.async_wait(on_signal);
+      };
+  signals.async_wait(on_signal);
+
+  int exit_code = exit_codes::kOk;
+  asio::co_spawn(
+      io,
+      [&]() -> asio::awaitable<void> {
+        exit_code = co_await worker.run();
+        signals.cancel();
+        io.stop();
+      },
+      asio::detached);
+  io.run();
+  return exit_code;
+}
+
+int runTemplate(const Command& cmd) {
+  asio::io_context io;
+  backends::BackendRegistry registry;
+  if (auto registered = backends::registerBuiltinBackends(registry, io); !registered) {
+    std::fprintf(stderr, "poolworker: %s\n", registered.error().message.c_str());
+    return exit_codes::kStartupFailure;
+  }
+  if (cmd.type.empty()) {
+    std::fprintf(stderr, "poolworker: template needs --type (one of: %s)\n",
+                 registry.names().c_str());
+    return exit_codes::kUsage;
+  }
+  BackendFactory* factory = registry.find(cmd.type);
+  if (factory == nullptr) {
+    std::fprintf(stderr, "poolworker: no backend for worker type '%s'; available: %s\n",
+                 cmd.type.c_str(), registry.names().c_str());
+    return exit_codes::kUsage;
+  }
+  std::cout << factory->defaultBaseJobTemplate().dump(2) << "\n";
+  return exit_codes::kOk;
+}
+
+int runBackends(const Command&) {
+  asio::io_context io;
+  backends::BackendRegistry registry;
+  if (auto registered = backends::registerBuiltinBackends(registry, io); !registered) {
+    std::fprintf(stderr, "poolworker: %s\n", registered.error().message.c_str());
+    return exit_codes::kStartupFailure;
+  }
+  std::printf("%-14s %-10s %-12s %s\n", "TYPE", "VERSION", "ORIGIN", "DESCRIPTION");
+  for (BackendFactory* factory : registry.list()) {
+    BackendInfo info = factory->info();
+    std::printf("%-14s %-10s %-12s %s\n", info.name.c_str(), info.version.c_str(),
+                info.origin.c_str(), info.description.c_str());
+  }
+  return exit_codes::kOk;
+}
+
+bool looksLikeUuid(const std::string& s) {
+  return s.size() == 36 && s[8] == '-' && s[13] == '-' && s[18] == '-' && s[23] == '-';
+}
+
+int runRender(const Command& cmd) {
+  if (cmd.deployment.empty() == cmd.flow_run.empty()) {
+    std::fprintf(stderr, "poolworker: render needs exactly one of --deployment or --flow-run\n");
+    return exit_codes::kUsage;
+  }
+  Json run_vars = Json::object();
+  if (!cmd.job_variables.empty()) {
+    run_vars = Json::parse(cmd.job_variables, nullptr, false);
+    if (run_vars.is_discarded() || !run_vars.is_object()) {
+      std::fprintf(stderr, "poolworker: --job-variables must be a JSON object\n");
+      return exit_codes::kUsage;
+    }
+  }
+  auto settings = resolveSettings(cmd.start, currentEnvironment());
+  if (!settings) {
+    std::fprintf(stderr, "poolworker: %s\n", settings.error().message.c_str());
+    return exit_codes::kUsage;
+  }
+  if (settings->api.url.empty()) {
+    std::fprintf(stderr, "poolworker: PREFECT_API_URL must be set to render a job configuration\n");
+    return exit_codes::kUsage;
+  }
+  logging::setup("warning", settings->log_format);
+  initRuntime();
+  asio::io_context io;
+  backends::BackendRegistry registry;
+  (void)backends::registerBuiltinBackends(registry, io);
+  prefect::PrefectClient client(io, settings->api, userAgent());
+  int exit_code = exit_codes::kOk;
+  const Settings& s = *settings;
+  asio::co_spawn(
+      io,
+      [&]() -> asio::awaitable<void> {
+        auto fail = [&](const std::string& message) {
+          std::fprintf(stderr, "poolworker: %s\n",
+                       maskSecrets(message, {&s.api.key, &s.api.auth_string}).c_str());
+          exit_code = exit_codes::kStartupFailure;
+        };
+        auto pool = co_await client.readWorkPool(s.pool);
+        if (!pool) {
+          fail(pool.error().kind == ErrorKind::NotFound
+                   ? "work pool '" + s.pool + "' not found"
+                   : pool.error().message);
+          co_return;
+        }
+        Json pool_json = *pool;
+        if (!pool_json.contains("base_job_template") || pool_json["base_job_template"].empty()) {
+          if (BackendFactory* f = registry.find(pool_json.value("type", ""))) {
+            pool_json["base_job_template"] = f->defaultBaseJobTemplate();
+          }
+        }
+        Json flow_run;
+        Json deployment;
+        if (!cmd.flow_run.empty()) {
+          auto fr = co_await client.readFlowRun(cmd.flow_run);
+          if (!fr) {
+            fail(fr.error().message);
+            co_return;
+          }
+          flow_run = *fr;
+          if (!run_vars.empty()) {
+            flow_run["job_variables"] = run_vars;
+          }
+        }
+        std::string deployment_ref =
+            cmd.flow_run.empty() ? cmd.deployment : flow_run.value("deployment_id", Json()).is_string()
+                                                        ? flow_run["deployment_id"].get<std::string>()
+                                                        : "";
+        if (!deployment_ref.empty()) {
+          Result<Json> dep = makeError(ErrorKind::Internal, "");
+          if (looksLikeUuid(deployment_ref)) {
+            dep = co_await client.readDeployment(deployment_ref);
+          } else {
+            auto slash = deployment_ref.find('/');
+            if (slash == std::string::npos) {
+              fail("--deployment must be FLOW_NAME/DEPLOYMENT_NAME or a deployment id");
+              co_return;
+            }
+            dep = co_await client.readDeploymentByName(deployment_ref.substr(0, slash),
+                                                       deployment_ref.substr(slash + 1));
+          }
+          if (!dep) {
+            fail(dep.error().kind == ErrorKind::NotFound
+                     ? "deployment '" + deployment_ref + "' not found"
+                     : dep.error().message);
+            co_return;
+          }
+          deployment = *dep;
+        }
+        if (flow_run.is_null()) {
+          flow_run = {{"id", "00000000-0000-0000-0000-000000000000"},
+                      {"name", "rendered-run"},
+                      {"flow_id", deployment.value("flow_id", "")},
+                      {"deployment_id", deployment.value("id", "")},
+                      {"job_variables", run_vars}};
+        }
+        Json flow;
+        if (std::string flow_id = flow_run.value("flow_id", ""); !flow_id.empty()) {
+          if (auto f = co_await client.readFlow(flow_id)) {
+            flow = *f;
+          }
+        }
+        PreparationContext ctx;
+        ctx.pool = pool_json;
+        ctx.flow_run = flow_run;
+        ctx.deployment = deployment;
+        ctx.flow = flow;
+        ctx.worker_name = s.name.empty() ? "poolworker-render" : s.name;
+        ctx.settings_env = s.prefect_settings;
+        ctx.api_url = s.api.url;
+        auto prepared = co_await prepareRun(client, ctx);
+        if (!prepared) {
+          fail("the job configuration cannot be built: " + prepared.error().message);
+          co_return;
+        }
+        std::vector<std::string> secrets = prepared->secrets;
+        if (!s.api.key.empty()) {
+          secrets.push_back(s.api.key.reveal());
+        }
+        if (!s.api.auth_string.empty()) {
+          secrets.push_back(s.api.auth_string.reveal());
+        }
+        Json shown = maskSecretsInJson(prepared->request.configuration, secrets);
+        std::cout << shown.dump(2) << "\n";
+      },
+      [&](std::exception_ptr) { io.stop(); });
+  io.run();
+  return exit_code;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  auto cmd = parse(args);
+  if (!cmd) {
+    std::fprintf(stderr, "poolworker: %s\n", cmd.error().message.c_str());
+    return exit_codes::kUsage;
+  }
+  if (cmd->name == "help") {
+    std::cout << helpText(cmd->help_topic);
+    return exit_codes::kOk;
+  }
+  if (cmd->name == "version") {
+    std::cout << "poolworker " << version() << " (Prefect API 0.8.4; follows Prefect "
+              << kPrefectCompatVersion << ")\n";
+    return exit_codes::kOk;
+  }
+  if (cmd->name == "start") {
+    return runStart(*cmd);
+  }
+  if (cmd->name == "template") {
+    return runTemplate(*cmd);
+  }
+  if (cmd->name == "render") {
+    return runRender(*cmd);
+  }
+  if (cmd->name == "backends") {
+    return runBackends(*cmd);
+  }
+  std::fprintf(stderr, "poolworker: unknown command '%s'\n", cmd->name.c_str());
+  return exit_codes::kUsage;
+}
+
+}  // namespace poolworker::cli

@@ -1,0 +1,155 @@
+#pragma once
+
+// The worker: syncs with its work pool, heartbeats, polls for scheduled flow runs, claims them,
+// prepares their job configuration, starts them on a backend, follows them to their end,
+// cancels them when asked, and settles journalled runs after a restart.
+
+#include <chrono>
+#include <deque>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include <poolworker/backend.h>
+
+#include "backends/registry.h"
+#include "worker/async.h"
+#include "worker/journal.h"
+#include "worker/logging.h"
+#include "worker/metrics.h"
+#include "worker/prefect_client.h"
+#include "worker/settings.h"
+
+namespace poolworker {
+
+class ApiLogShipper;
+class HealthServer;
+
+/// @brief How the worker was asked to stop.
+enum class StopMode {
+  Drain,   ///< Claim nothing new; let running flows go on (up to drain_seconds), then leave them
+           ///< to the next worker.
+  Cancel,  ///< Cancel the running flows, then exit.
+};
+
+/// @brief A run the worker holds: from the moment a slot is taken until it is settled.
+struct RunState {
+  std::string id;
+  std::string name;
+  Json flow_run;
+  std::string transition_id;
+  bool claimed = false;
+  std::optional<RunHandle> handle;
+  bool cancel_requested = false;   ///< The run was seen CANCELLING/CANCELLED.
+  bool killing = false;            ///< A kill was sent because of a cancellation.
+  bool stop_cancel = false;        ///< Killed because the worker was told to cancel its runs.
+  bool recovered = false;          ///< Adopted from the journal of an earlier worker.
+  std::shared_ptr<LogSink> log;
+  std::chrono::steady_clock::time_point started;
+};
+
+/// @brief One poolworker instance serving one work pool.
+class Worker {
+ public:
+  Worker(asio::io_context& io, Settings settings, prefect::PrefectClient& client,
+         backends::BackendRegistry& registry, Metrics& metrics);
+  ~Worker();
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+
+  /// @brief Runs until stopped (or, with --run-once, until its runs have finished).
+  /// @return the process exit code: 0 after a normal stop, 1 after a fatal start-up error.
+  asio::awaitable<int> run();
+
+  /// @brief Called once start-up has succeeded (systemd READY=1).
+  void onStarted(std::function<void()> hook) { on_started_ = std::move(hook); }
+
+  /// @brief Asks the worker to stop. Safe to call more than once; `Cancel` wins over `Drain`.
+  void requestStop(StopMode mode);
+
+  // ---- Introspection for health, metrics and tests ---------------------------------------
+
+  const std::string& name() const { return name_; }
+  /// @brief Seconds since the last successful poll (or since start before the first sync).
+  double secondsSinceLastPoll() const;
+  /// @brief Seconds since the last successful heartbeat, or -1 before the first.
+  double secondsSinceLastHeartbeat() const;
+  /// @brief True once the API answered and the backend checked out.
+  bool ready() const { return ready_; }
+  /// @brief True while the API answered the last sync.
+  bool apiHealthy() const { return api_healthy_; }
+  size_t runsInFlight() const { return runs_.size(); }
+  int slotsInUse() const { return slots_in_use_; }
+
+ private:
+  asio::awaitable<Result<void>> startup();
+  asio::awaitable<Result<void>> syncOnce(bool at_startup);
+  asio::awaitable<void> syncLoop();
+  asio::awaitable<void> pollLoop();
+  asio::awaitable<void> pollOnce();
+  asio::awaitable<void> cancellationLoop();
+  asio::awaitable<void> checkCancellations();
+  asio::awaitable<void> submitRun(std::shared_ptr<RunState> run);
+  asio::awaitable<void> superviseRun(std::shared_ptr<RunState> run);
+  asio::awaitable<void> cancelRun(std::shared_ptr<RunState> run);
+  asio::awaitable<void> recoverRuns();
+  asio::awaitable<void> settleJournalEntry(JournalEntry entry);
+  asio::awaitable<void> shutdown();
+  asio::awaitable<Result<void>> continueClaimedRun(std::shared_ptr<RunState> run);
+
+  asio::awaitable<Result<Json>> cachedDeployment(const std::string& id);
+  asio::awaitable<Result<Json>> cachedFlow(const std::string& id);
+  asio::awaitable<void> proposeCrashed(const std::shared_ptr<RunState>& run,
+                                       const std::string& message);
+  asio::awaitable<void> markCancelled(const std::shared_ptr<RunState>& run,
+                                      const std::string& message);
+  asio::awaitable<Result<prefect::OrchestrationResult>> propose(const std::string& id,
+                                                                const Json& state, bool force);
+  void releaseRun(const std::shared_ptr<RunState>& run, const char* outcome);
+  std::shared_ptr<LogSink> makeRunLog(const std::string& flow_run_id);
+  void journal(const std::shared_ptr<RunState>& run, RunPhase phase);
+  void emitEvent(const std::string& event, const std::shared_ptr<RunState>& run,
+                 const Json& extra_flow_run_labels = Json::object());
+  double jittered(double seconds);
+  void wakeStopWaiters();
+
+  asio::io_context& io_;
+  Settings settings_;
+  prefect::PrefectClient& client_;
+  backends::BackendRegistry& registry_;
+  Metrics& metrics_;
+  AsioExecutor executor_;
+  logging::Logger log_{"worker"};
+
+  std::string name_;
+  std::string type_;
+  std::string worker_id_;
+  Json pool_;
+  Json default_template_;
+  BackendPtr backend_;
+  std::unique_ptr<Journal> journal_;
+  std::unique_ptr<ApiLogShipper> shipper_;
+  std::unique_ptr<HealthServer> health_;
+
+  bool synced_ = false;
+  bool ready_ = false;
+  bool api_healthy_ = false;
+  bool stopping_ = false;
+  std::optional<StopMode> stop_mode_;
+  std::chrono::steady_clock::time_point last_polled_;
+  std::optional<std::chrono::steady_clock::time_point> last_heartbeat_;
+  std::unordered_map<std::string, std::shared_ptr<RunState>> runs_;
+  int slots_in_use_ = 0;
+  std::string started_event_id_;
+  std::unique_ptr<asio::steady_timer> stop_timer_;   ///< Cancelled to wake run() on stop.
+  std::unique_ptr<asio::steady_timer> runs_changed_; ///< Cancelled whenever a run is released.
+  std::map<std::string, std::pair<std::chrono::steady_clock::time_point, Json>> deployment_cache_;
+  std::map<std::string, std::pair<std::chrono::steady_clock::time_point, Json>> flow_cache_;
+  std::function<void()> on_started_;
+};
+
+}  // namespace poolworker
