@@ -8,6 +8,8 @@
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/execution/outstanding_work.hpp>
+#include <boost/asio/prefer.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
@@ -37,16 +39,20 @@ namespace asio = boost::asio;
 template <typename T, typename Start>
 asio::awaitable<Result<T>> awaitCallback(Start start) {
   auto executor = co_await asio::this_coro::executor;
-  co_return co_await asio::async_initiate<decltype(asio::use_awaitable), void(Result<T>)>(
-      [executor, start = std::move(start)](auto handler) mutable {
-        auto shared = std::make_shared<decltype(handler)>(std::move(handler));
-        start([executor, shared](Result<T> result) mutable {
-          asio::post(executor, [shared, result = std::move(result)]() mutable {
-            (*shared)(std::move(result));
-          });
-        });
-      },
-      asio::use_awaitable);
+  auto initiation = [executor, start = std::move(start)](auto handler) mutable {
+    auto shared = std::make_shared<decltype(handler)>(std::move(handler));
+    // While the operation runs outside the io_context (a cpprestsdk thread, a child process),
+    // nothing else may keep the context busy: tracked work stops run() from returning early.
+    auto work = asio::prefer(executor, asio::execution::outstanding_work.tracked);
+    start([work, shared](Result<T> result) mutable {
+      asio::post(work, [shared, result = std::move(result)]() mutable {
+        (*shared)(std::move(result));
+      });
+    });
+  };
+  auto op = asio::async_initiate<decltype(asio::use_awaitable), void(Result<T>)>(
+      std::move(initiation), asio::use_awaitable);
+  co_return co_await std::move(op);
 }
 
 /// @brief Suspends the calling coroutine for `delay` (or until `timer` is cancelled).
