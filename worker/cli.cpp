@@ -244,7 +244,6 @@ Options:
                                follows them (POOLWORKER_STATE_DIR).
       --log-level LEVEL        trace, debug, info, warning, error (default info).
       --log-format FORMAT      text or json (default text).
-      --plugin-dir DIR         Load backend plugins from DIR.
   -h, --help                   Show this help.
 
 Settings (environment): PREFECT_API_URL (required), PREFECT_API_KEY,

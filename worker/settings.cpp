@@ -827,6 +827,13 @@ Result<Settings> resolveSettings(const StartFlags& flags, const Environment& env
     return makeError(ErrorKind::InvalidConfiguration,
                      "PREFECT_WORKER_HEARTBEAT_SECONDS must be greater than 0");
   }
+  if (!settings.plugin_dirs.empty()) {
+    // Accepted by the parser so that configs written for a later version fail loudly here
+    // instead of silently running without the backends they name.
+    return makeError(ErrorKind::InvalidConfiguration,
+                     "plugin_dirs / --plugin-dir: backend plugins are not supported by this "
+                     "version of poolworker");
+  }
   if (settings.prefetch_seconds < 0) {
     return makeError(ErrorKind::InvalidConfiguration, "--prefetch-seconds must not be negative");
   }
