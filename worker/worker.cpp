@@ -913,6 +913,19 @@ asio::awaitable<void> Worker::superviseRun(std::shared_ptr<RunState> run) {
     releaseRun(run, "completed");
     co_return;
   }
+  // A flow cancelled before this worker's cancellation poll saw it exits by itself (the engine
+  // stops on CANCELLING). The server refuses CRASHED from CANCELLING, so the run would stay
+  // CANCELLING for ever; finish the cancellation instead, as Prefect's worker does.
+  if (auto current = co_await client_.readFlowRun(run->id);
+      current && stateType(*current) == "CANCELLING") {
+    run->log->log(LogLevel::Info, "Flow run '" + run->name +
+                                      "' infrastructure exited while the run was being "
+                                      "cancelled; marking it cancelled.");
+    co_await markCancelled(run, "Flow run was cancelled successfully.");
+    emitEvent("prefect.worker.executed-flow-run", run, extra);
+    releaseRun(run, "cancelled");
+    co_return;
+  }
   std::string message;
   if (outcome->exit_code) {
     int code = *outcome->exit_code;

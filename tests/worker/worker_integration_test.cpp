@@ -420,6 +420,17 @@ TEST_F(WorkerIntegration, RunThatCrashedWhileNoWorkerWatchedIsReportedWithItsCod
   EXPECT_NE(stateMessageOf(fr).find("status code 3"), std::string::npos) << stateMessageOf(fr);
 }
 
+TEST_F(WorkerIntegration, FlowThatExitsByItselfWhileCancellingEndsCancelled) {
+  // The engine stops on its own when it sees CANCELLING, before the worker's cancellation poll
+  // (made slow here) gets to it; the server refuses CRASHED from CANCELLING.
+  std::string run = api_.createFlowRun(deployment("sleep-exit:2:1"));
+  WorkerHarness worker(api_, {.cancellation_poll_seconds = 600});
+  ASSERT_TRUE(waitState(run, "RUNNING"));
+  api_.setState(run, "CANCELLING");
+  ASSERT_TRUE(waitFinal(run));
+  EXPECT_EQ(stateTypeOf(api_.flowRun(run)), "CANCELLED");
+}
+
 TEST_F(WorkerIntegration, SecondStopSignalCancelsRunningFlows) {
   std::string run = api_.createFlowRun(deployment("sleep:120"));
   WorkerHarness worker(api_, {});
