@@ -361,12 +361,36 @@ int runStart(const Command& cmd) {
       };
   signals.async_wait(on_signal);
 
+  // systemd's watchdog (WatchdogSec=) is fed only while the last pool sync and heartbeat
+  // reached the Prefect API, so that systemd restarts a worker that has lost it for longer
+  // than the unit allows; a worker that merely has nothing to do keeps being fed.
+  asio::steady_timer watchdog(io);
+  std::function<void()> feed_watchdog;
+  uint64_t watchdog_usec = 0;
+  if (sd_watchdog_enabled(0, &watchdog_usec) > 0 && watchdog_usec > 0) {
+    const auto period = std::chrono::microseconds(watchdog_usec / 2);
+    feed_watchdog = [&watchdog, &worker, &feed_watchdog, period] {
+      watchdog.expires_after(period);
+      watchdog.async_wait([&worker, &feed_watchdog](const boost::system::error_code& ec) {
+        if (ec) {
+          return;
+        }
+        if (worker.apiHealthy()) {
+          sd_notify(0, "WATCHDOG=1");
+        }
+        feed_watchdog();
+      });
+    };
+    feed_watchdog();
+  }
+
   int exit_code = exit_codes::kOk;
   asio::co_spawn(
       io,
       [&]() -> asio::awaitable<void> {
         exit_code = co_await worker.run();
         signals.cancel();
+        watchdog.cancel();
         io.stop();
       },
       asio::detached);
