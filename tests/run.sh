@@ -27,6 +27,9 @@ if [ "$quick" -eq 1 ]; then
   exit 0
 fi
 
+step "deb package: build, install, verify the systemd units, remove"
+tests/packaging/test_deb.sh build
+
 step "build (ASan + UBSan)"
 .ci/build asan
 
