@@ -1,0 +1,301 @@
+"""Idle cost and start-up time: poolworker beside `prefect worker start`, on one Prefect server.
+
+For each worker, alternating, `--rounds` times:
+  * exec to first poll: from just before exec to the moment the server receives the worker's
+    first `POST /work_pools/{pool}/get_scheduled_flow_runs`. A small reverse proxy between the
+    worker and the server timestamps that request, so both workers are measured the same way.
+  * idle RSS: resident memory of the worker's whole process tree after `--idle-seconds` of
+    idle polling (PREFECT_WORKER_QUERY_SECONDS=1, so it polls all the while).
+  * CPU: user + system seconds the worker's process tree used during that idle period.
+
+Writes a Markdown table and the raw figures (JSON). Run it through bench/run.sh.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---- a timestamping reverse proxy -----------------------------------------------------------
+
+
+class Proxy:
+    """A TCP forwarder to the server that notes when the first poll request goes through.
+
+    It works below HTTP, so keep-alive, streaming and the websocket that Prefect's worker opens
+    for events pass untouched; it only scans what the worker sends for the poll's request line.
+    """
+
+    MARK = b"/get_scheduled_flow_runs HTTP/1.1"
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.first: float | None = None
+        self.lock = threading.Lock()
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(128)
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, scan: bool) -> None:
+        tail = b""
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if scan and self.first is None:
+                    window = tail + data
+                    if b"POST " in window and self.MARK in window:
+                        now = time.monotonic()
+                        with self.lock:
+                            if self.first is None:
+                                self.first = now
+                    tail = window[-len(self.MARK) - 256:]
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def reset(self) -> None:
+        with self.lock:
+            self.first = None
+
+    def poll_time(self) -> float | None:
+        with self.lock:
+            return self.first
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+# ---- processes ------------------------------------------------------------------------------
+
+
+def tree(pid: int) -> list[int]:
+    """pid and all its descendants."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(entry))
+            except (OSError, ValueError, IndexError):
+                pass
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def rss_kib(pids: list[int]) -> int:
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])  # utime, stime
+        except (OSError, ValueError, IndexError):
+            pass
+    return total / CLOCK_TICKS
+
+
+def start_server(work: Path) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(work / "server-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PREFECT_SERVER_UI_ENABLED="false")
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, cwd=work, stdout=open(work / "server.log", "wb"), stderr=subprocess.STDOUT,
+        start_new_session=True)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2):
+                return proc, port
+        except OSError:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.5)
+    raise SystemExit("the Prefect server did not start; see " + str(work / "server.log"))
+
+
+def measure(kind: str, argv: list[str], env: dict[str, str], proxy: Proxy, idle: float,
+            log: Path) -> dict:
+    proxy.reset()
+    t0 = time.monotonic()
+    proc = subprocess.Popen(argv, env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        deadline = t0 + 120
+        while proxy.poll_time() is None:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"{kind} did not poll; see {log}")
+            time.sleep(0.002)
+        first_poll = proxy.poll_time() - t0
+        cpu_before = cpu_seconds(tree(proc.pid))
+        idle_start = time.monotonic()
+        rss_startup = rss_kib(tree(proc.pid))
+        time.sleep(idle)
+        pids = tree(proc.pid)
+        rss_idle = rss_kib(pids)
+        cpu_idle = cpu_seconds(pids) - cpu_before
+        elapsed = time.monotonic() - idle_start
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return {"exec_to_first_poll_s": first_poll, "rss_after_startup_kib": rss_startup,
+            "rss_idle_kib": rss_idle, "cpu_s_per_hour_idle": cpu_idle * 3600 / elapsed}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--idle-seconds", type=float, default=30)
+    parser.add_argument("--poolworker", default=str(REPO / "build" / "bin" / "poolworker"))
+    parser.add_argument("--out", default=str(REPO / "bench" / "results"))
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="poolworker-bench-"))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    server, port = start_server(work)
+    proxy = Proxy(port)
+    try:
+        base_env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        base_env.update(
+            PREFECT_API_URL=f"http://127.0.0.1:{proxy.port}/api",
+            PREFECT_HOME=str(work / "worker-home"),
+            PREFECT_WORKER_QUERY_SECONDS="1",
+            PATH=f"{VENV_BIN}:{base_env.get('PATH', '')}",
+        )
+        subprocess.run([str(VENV_BIN / "prefect"), "work-pool", "create", "bench", "--type",
+                        "process"], env=base_env, check=True, stdout=subprocess.DEVNULL)
+        workers = {
+            "poolworker": [args.poolworker, "start", "--pool", "bench",
+                           "--state-dir", str(work / "state")],
+            "prefect": [str(VENV_BIN / "prefect"), "worker", "start", "--pool", "bench"],
+        }
+        raw: dict[str, list[dict]] = {k: [] for k in workers}
+        for r in range(args.rounds):
+            for kind, argv in workers.items():
+                figures = measure(kind, argv, base_env, proxy, args.idle_seconds,
+                                  work / f"{kind}.log")
+                raw[kind].append(figures)
+                print(f"round {r + 1} {kind}: {figures}", flush=True)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+        proxy.close()
+
+    def med(kind: str, key: str) -> float:
+        return statistics.median(x[key] for x in raw[kind])
+
+    prefect_version = subprocess.run([str(VENV_BIN / "python"), "-c",
+                                      "import prefect; print(prefect.__version__)"],
+                                     capture_output=True, text=True).stdout.strip()
+    poolworker_version = subprocess.run([args.poolworker, "--version"], capture_output=True,
+                                        text=True).stdout.strip()
+    rows = [
+        ("Resident memory after start-up", "rss_after_startup_kib", lambda v: f"{v / 1024:.1f} MiB"),
+        (f"Resident memory after {args.idle_seconds:.0f} s idle polling", "rss_idle_kib",
+         lambda v: f"{v / 1024:.1f} MiB"),
+        ("CPU while idle (polling every 1 s)", "cpu_s_per_hour_idle", lambda v: f"{v:.1f} s/hour"),
+        ("Exec to first poll", "exec_to_first_poll_s", lambda v: f"{v * 1000:.0f} ms"),
+    ]
+    lines = [
+        f"Measured {dt.date.today().isoformat()} on {platform.node() or 'this machine'}: "
+        f"{os.cpu_count()} cores, {platform.system()} {platform.release()}; "
+        f"{poolworker_version}; prefect {prefect_version}; medians of {args.rounds} alternating rounds.",
+        "",
+        "| Figure | poolworker | prefect worker start | Ratio |",
+        "|---|---|---|---|",
+    ]
+    summary = {}
+    for label, key, fmt in rows:
+        ours, theirs = med("poolworker", key), med("prefect", key)
+        ratio = theirs / ours if ours > 0 else float("inf")
+        summary[key] = {"poolworker": ours, "prefect": theirs, "ratio": ratio}
+        lines.append(f"| {label} | {fmt(ours)} | {fmt(theirs)} | {ratio:.0f}x less |"
+                     if key != "exec_to_first_poll_s" else
+                     f"| {label} | {fmt(ours)} | {fmt(theirs)} | {ratio:.0f}x faster |")
+    table = "\n".join(lines) + "\n"
+    (out / "idle_startup.md").write_text(table)
+    (out / "idle_startup.json").write_text(json.dumps(
+        {"date": dt.datetime.now(dt.timezone.utc).isoformat(), "cores": os.cpu_count(),
+         "kernel": platform.release(), "poolworker": poolworker_version,
+         "prefect": prefect_version, "rounds": args.rounds, "idle_seconds": args.idle_seconds,
+         "summary": summary, "raw": raw}, indent=2) + "\n")
+    print()
+    print(table)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
