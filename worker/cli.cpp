@@ -2,7 +2,6 @@
 
 #include <pplx/threadpool.h>
 #include <signal.h>
-#include <systemd/sd-daemon.h>
 #include <unistd.h>
 
 #include <boost/asio/signal_set.hpp>
@@ -17,6 +16,7 @@
 #include "worker/metrics.h"
 #include "worker/prefect_client.h"
 #include "worker/run_preparation.h"
+#include "worker/service_notify.h"
 #include "worker/version.h"
 #include "worker/worker.h"
 
@@ -332,7 +332,7 @@ int runStart(const Command& cmd) {
   }
   prefect::PrefectClient client(io, settings->api, userAgent());
   Worker worker(io, std::move(settings).value(), client, registry, metrics);
-  worker.onStarted([] { sd_notify(0, "READY=1"); });
+  worker.onStarted([] { service::notify("READY=1"); });
 
   int signals_seen = 0;
   asio::signal_set signals(io, SIGINT, SIGTERM);
@@ -347,7 +347,7 @@ int runStart(const Command& cmd) {
         if (signals_seen == 1) {
           kLog.info(std::string("Received ") + name +
                     ": stopping. Send it again to cancel the running flow runs.");
-          sd_notify(0, "STOPPING=1");
+          service::notify("STOPPING=1");
           worker.requestStop(StopMode::Drain);
         } else if (signals_seen == 2) {
           kLog.info(std::string("Received ") + name +
@@ -366,9 +366,8 @@ int runStart(const Command& cmd) {
   // than the unit allows; a worker that merely has nothing to do keeps being fed.
   asio::steady_timer watchdog(io);
   std::function<void()> feed_watchdog;
-  uint64_t watchdog_usec = 0;
-  if (sd_watchdog_enabled(0, &watchdog_usec) > 0 && watchdog_usec > 0) {
-    const auto period = std::chrono::microseconds(watchdog_usec / 2);
+  if (const auto watchdog_period = service::watchdogPeriod()) {
+    const auto period = *watchdog_period / 2;
     feed_watchdog = [&watchdog, &worker, &feed_watchdog, period] {
       watchdog.expires_after(period);
       watchdog.async_wait([&worker, &feed_watchdog](const boost::system::error_code& ec) {
@@ -376,7 +375,7 @@ int runStart(const Command& cmd) {
           return;
         }
         if (worker.apiHealthy()) {
-          sd_notify(0, "WATCHDOG=1");
+          service::notify("WATCHDOG=1");
         }
         feed_watchdog();
       });
