@@ -1,0 +1,195 @@
+"""Dispatch: 200 runs scheduled at once on a process pool, poolworker beside `prefect worker start`.
+
+For each worker, alternating, and for `--limit` unset and `--limit 10`:
+  * latency from each run's scheduled time to its process starting (median, 95th, max), and
+    the time until all 200 had started. The trivial command appends the run id and a
+    timestamp to a file; both workers run it the same way (split like a shell, no shell).
+  * the worker's own resident memory (its process alone, not the flow processes) while 50
+    runs are in flight (command: sleep).
+Both workers poll every second (PREFECT_WORKER_QUERY_SECONDS=1) with --prefetch-seconds 0, so
+that a run is started when it is due, not early.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from idle_startup import REPO, VENV_BIN, rss_kib, start_server  # noqa: E402
+
+CREATE_RUNS = r"""
+import datetime as dt, json, sys, uuid
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import DeploymentCreate
+from prefect.states import Scheduled
+
+pool, count, delay, command = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+with get_client(sync_client=True) as client:
+    flow_id = client.create_flow_from_name("bench-flow")
+    deployment_id = client.create_deployment(
+        flow_id=flow_id, name=f"bench-{pool}", work_pool_name=pool,
+        entrypoint="bench.py:bench", job_variables={"command": command})
+    when = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=delay)
+    ids = []
+    for _ in range(count):
+        run = client.create_flow_run_from_deployment(deployment_id, state=Scheduled(scheduled_time=when))
+        ids.append(str(run.id))
+print(json.dumps({"scheduled": when.timestamp(), "ids": ids}))
+"""
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def start_worker(kind: str, argv_tail: list[str], env: dict, log: Path, poolworker: str,
+                 state: Path) -> subprocess.Popen:
+    if kind == "poolworker":
+        argv = [poolworker, "start", *argv_tail, "--state-dir", str(state)]
+    else:
+        argv = [str(VENV_BIN / "prefect"), "worker", "start", *argv_tail]
+    return subprocess.Popen(argv, env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+def create_runs(env: dict, pool: str, count: int, delay: float, command: str) -> dict:
+    out = subprocess.run([str(VENV_BIN / "python"), "-c", CREATE_RUNS, pool, str(count),
+                          str(delay), command], env=env, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def dispatch_round(kind: str, limit: int | None, env: dict, work: Path, poolworker: str,
+                   count: int, tag: str) -> dict:
+    pool = f"dispatch-{kind}-{tag}"
+    marks = work / f"{pool}.marks"
+    subprocess.run([str(VENV_BIN / "prefect"), "work-pool", "create", pool, "--type", "process"],
+                   env=env, check=True, stdout=subprocess.DEVNULL)
+    command = f"sh -c 'echo \"$PREFECT__FLOW_RUN_ID $(date +%s.%N)\" >> {marks}'"
+    tail = ["--pool", pool, "--prefetch-seconds", "0"]
+    if limit is not None:
+        tail += ["--limit", str(limit)]
+    proc = start_worker(kind, tail, env, work / f"{pool}.log", poolworker, work / f"state-{pool}")
+    try:
+        created = create_runs(env, pool, count, 20.0, command)
+        deadline = time.time() + 300
+        starts: dict[str, float] = {}
+        while time.time() < deadline:
+            if marks.exists():
+                for line in marks.read_text().splitlines():
+                    run_id, _, stamp = line.partition(" ")
+                    starts.setdefault(run_id, float(stamp))
+            if len(starts) >= count:
+                break
+            time.sleep(0.5)
+    finally:
+        stop(proc)
+    # A run the worker never started (it gave up on it, e.g. after server errors) counts as
+    # started at the deadline, so that losing runs never looks fast.
+    latencies = [starts.get(i, deadline) - created["scheduled"] for i in created["ids"]]
+    return {"median_s": statistics.median(latencies), "p95_s": percentile(latencies, 95),
+            "max_s": max(latencies), "started": sum(1 for i in created["ids"] if i in starts),
+            "runs": count}
+
+
+def in_flight_round(kind: str, env: dict, work: Path, poolworker: str, count: int) -> dict:
+    pool = f"inflight-{kind}-{int(time.time())}"
+    subprocess.run([str(VENV_BIN / "prefect"), "work-pool", "create", pool, "--type", "process"],
+                   env=env, check=True, stdout=subprocess.DEVNULL)
+    proc = start_worker(kind, ["--pool", pool, "--prefetch-seconds", "0"], env,
+                        work / f"{pool}.log", poolworker, work / f"state-{pool}")
+    try:
+        create_runs(env, pool, count, 5.0, "sleep 120")
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            running = subprocess.run(["pgrep", "-c", "-f", "^sleep 120$"], capture_output=True,
+                                     text=True).stdout.strip()
+            if int(running or 0) >= count:
+                break
+            time.sleep(0.5)
+        time.sleep(3)
+        rss = rss_kib([proc.pid])
+    finally:
+        stop(proc)
+        subprocess.run(["pkill", "-f", "^sleep 120$"])
+    return {"worker_rss_kib": rss}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--in-flight", type=int, default=50)
+    parser.add_argument("--poolworker", default=str(REPO / "build" / "bin" / "poolworker"))
+    parser.add_argument("--out", default=str(REPO / "bench" / "results"))
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="poolworker-dispatch-"))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    server, port = start_server(work)
+    raw: dict = {"poolworker": {}, "prefect": {}}
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        env.update(PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
+                   PREFECT_HOME=str(work / "worker-home"), PREFECT_WORKER_QUERY_SECONDS="1",
+                   PATH=f"{VENV_BIN}:{env.get('PATH', '')}")
+        for limit in (None, 10):
+            for kind in ("poolworker", "prefect"):
+                key = f"limit_{limit or 'none'}"
+                raw[kind][key] = dispatch_round(kind, limit, env, work, args.poolworker,
+                                                args.runs, key)
+                print(kind, key, raw[kind][key], flush=True)
+        for kind in ("poolworker", "prefect"):
+            raw[kind]["in_flight"] = in_flight_round(kind, env, work, args.poolworker,
+                                                     args.in_flight)
+            print(kind, "in flight", raw[kind]["in_flight"], flush=True)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+    lines = [f"Dispatch, measured {dt.date.today().isoformat()}: {args.runs} runs scheduled at "
+             "once, trivial command, polling every 1 s, no prefetch.", "",
+             "| Figure | poolworker | prefect worker start | Ratio |", "|---|---|---|---|"]
+    for key, label in (("limit_none", "no limit"), ("limit_10", "--limit 10")):
+        for field, name in (("median_s", "median"), ("p95_s", "95th"), ("max_s", "max (all started)")):
+            ours, theirs = raw["poolworker"][key][field], raw["prefect"][key][field]
+            lines.append(f"| Scheduled to started, {label}, {name} | {ours:.2f} s | {theirs:.2f} s | "
+                         f"{theirs / ours if ours > 0 else float('inf'):.1f}x |")
+        lines.append(f"| Runs started, {label} | {raw['poolworker'][key]['started']}/{args.runs} | "
+                     f"{raw['prefect'][key]['started']}/{args.runs} | |")
+    ours = raw["poolworker"]["in_flight"]["worker_rss_kib"]
+    theirs = raw["prefect"]["in_flight"]["worker_rss_kib"]
+    lines.append(f"| Worker RSS, {args.in_flight} runs in flight | {ours / 1024:.1f} MiB | "
+                 f"{theirs / 1024:.1f} MiB | {theirs / ours:.1f}x less |")
+    table = "\n".join(lines) + "\n"
+    (out / "dispatch.md").write_text(table)
+    (out / "dispatch.json").write_text(json.dumps(raw, indent=2) + "\n")
+    print()
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
