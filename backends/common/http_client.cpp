@@ -1,7 +1,5 @@
 #include "backends/common/http_client.h"
 
-#include <utility>  // Boost 1.74's Asio uses std::exchange without including it.
-
 #include <algorithm>
 #include <array>
 #include <atomic>
@@ -11,6 +9,7 @@
 #include <limits>
 #include <optional>
 #include <unordered_map>
+#include <utility>  // Boost 1.74's Asio uses std::exchange without including it.
 
 #include <boost/asio/connect.hpp>
 #include <boost/asio/io_context.hpp>
@@ -161,8 +160,9 @@ Result<HttpEndpoint> parseHttpEndpoint(std::string_view url, TlsSettings tls,
   const bool v6 = endpoint.host.find(':') != std::string::npos;
   const std::string authority =
       (v6 ? "[" + endpoint.host + "]" : endpoint.host) + ":" + endpoint.port;
-  endpoint.url = (startsWith(url, "tcp://") ? "tcp://" : endpoint.tls.enabled ? "https://"
-                                                                                : "http://") +
+  endpoint.url = (startsWith(url, "tcp://") ? "tcp://"
+                  : endpoint.tls.enabled    ? "https://"
+                                            : "http://") +
                  authority;
   return endpoint;
 }
@@ -201,9 +201,9 @@ Result<std::shared_ptr<asio::ssl::context>> HttpClientState::tlsContext() {
   }
   const TlsSettings& settings = endpoint.tls;
   const auto fail = [&](const std::string& what, const std::string& file, const ErrorCode& ec) {
-    return makeError(ErrorKind::InvalidConfiguration,
-                     "TLS for " + endpoint.url + ": cannot load " + what + " '" + file +
-                         "': " + ec.message());
+    return makeError(
+        ErrorKind::InvalidConfiguration,
+        "TLS for " + endpoint.url + ": cannot load " + what + " '" + file + "': " + ec.message());
   };
   auto context = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_client);
   ErrorCode ec;
@@ -314,15 +314,16 @@ class CallBase : public HttpCall, public std::enable_shared_from_this<CallBase> 
       if (!why.empty()) {
         why.front() = static_cast<char>(std::tolower(static_cast<unsigned char>(why.front())));
       }
-      return makeError(ErrorKind::Transient, "cannot reach " + service() + " at " + url + ": " + why);
+      return makeError(ErrorKind::Transient,
+                       "cannot reach " + service() + " at " + url + ": " + why);
     }
     if (ec == http::error::end_of_stream || ec == asio::error::eof ||
         ec == http::error::partial_message) {
       return makeError(ErrorKind::Transient,
                        service() + " at " + url + " closed the connection before the answer ended");
     }
-    return makeError(ErrorKind::Transient, "the connection to " + service() + " at " + url +
-                                               " broke: " + ec.message());
+    return makeError(ErrorKind::Transient,
+                     "the connection to " + service() + " at " + url + " broke: " + ec.message());
   }
 
   void onConnected() {
@@ -337,7 +338,7 @@ class CallBase : public HttpCall, public std::enable_shared_from_this<CallBase> 
     } else {
       const bool v6 = endpoint().host.find(':') != std::string::npos;
       request_message_.set(http::field::host, (v6 ? "[" + endpoint().host + "]" : endpoint().host) +
-                                                   ":" + endpoint().port);
+                                                  ":" + endpoint().port);
     }
     request_message_.set(http::field::user_agent, state_->options.user_agent);
     request_message_.set(http::field::connection, "close");
@@ -458,8 +459,7 @@ class CallBase : public HttpCall, public std::enable_shared_from_this<CallBase> 
       if (ec || !self || self->done_) {
         return;
       }
-      self->abort(makeError(ErrorKind::Transient, self->service() + " at " +
-                                                      self->endpoint().url +
+      self->abort(makeError(ErrorKind::Transient, self->service() + " at " + self->endpoint().url +
                                                       " did not answer within " + seconds(after)));
     });
   }
@@ -578,8 +578,9 @@ class Call final : public CallBase {
   }
 
   void readHead() override {
-    http::async_read_header(stream_, buffer_, parser_,
-                            [self = self()](const ErrorCode& ec, std::size_t) { self->onHead(ec); });
+    http::async_read_header(
+        stream_, buffer_, parser_,
+        [self = self()](const ErrorCode& ec, std::size_t) { self->onHead(ec); });
   }
 
   void readBody() override {
@@ -625,8 +626,7 @@ class FailedCall final : public HttpCall {
 };
 
 std::shared_ptr<HttpCall> startCall(const std::shared_ptr<HttpClientState>& state,
-                                    HttpRequest request, StreamHandlers handlers,
-                                    bool buffer_all) {
+                                    HttpRequest request, StreamHandlers handlers, bool buffer_all) {
   const auto fail_now = [&](Error error) -> std::shared_ptr<HttpCall> {
     asio::post(state->io, [on_done = std::move(handlers.on_done), error = std::move(error)] {
       if (on_done) {
@@ -650,12 +650,10 @@ std::shared_ptr<HttpCall> startCall(const std::shared_ptr<HttpClientState>& stat
       return fail_now(context.error());
     }
     call = std::make_shared<Call<asio::ssl::stream<asio::ip::tcp::socket>>>(
-        state, id, std::move(request), std::move(handlers), buffer_all, state->io,
-        **context);
+        state, id, std::move(request), std::move(handlers), buffer_all, state->io, **context);
   } else {
-    call = std::make_shared<Call<asio::ip::tcp::socket>>(state, id, std::move(request),
-                                                         std::move(handlers), buffer_all,
-                                                         state->io);
+    call = std::make_shared<Call<asio::ip::tcp::socket>>(
+        state, id, std::move(request), std::move(handlers), buffer_all, state->io);
   }
   state->add(id, call);
   call->run();

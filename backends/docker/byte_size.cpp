@@ -84,7 +84,8 @@ Result<std::int64_t> parseByteSize(const Json& value, std::string_view what) {
   }
   if (!value.is_string()) {
     return makeError(ErrorKind::InvalidConfiguration,
-                     std::string(what) + " must be a string such as '512m' or a number of bytes, not " +
+                     std::string(what) +
+                         " must be a string such as '512m' or a number of bytes, not " +
                          value.type_name());
   }
   std::string text = value.get<std::string>();
@@ -121,9 +122,9 @@ Result<std::int64_t> parseByteSize(const Json& value, std::string_view what) {
   }
   double number = 0;
   if (!parseDecimal(digits, number)) {
-    return makeError(ErrorKind::InvalidConfiguration, std::string(what) + ": '" +
-                                                          value.get<std::string>() +
-                                                          "' is not a number of bytes");
+    return makeError(
+        ErrorKind::InvalidConfiguration,
+        std::string(what) + ": '" + value.get<std::string>() + "' is not a number of bytes");
   }
   const double bytes = number * multiplier;
   if (bytes >= 9.2e18 || bytes <= -9.2e18) {

@@ -16,30 +16,98 @@ namespace {
 
 // The order docker-py writes the top-level fields and the HostConfig fields in.
 constexpr const char* kConfigOrder[] = {
-    "Hostname",   "Domainname", "ExposedPorts", "User",          "Tty",
-    "OpenStdin",  "StdinOnce",  "AttachStdin",  "AttachStdout",  "AttachStderr",
-    "Env",        "Cmd",        "Image",        "Volumes",       "NetworkDisabled",
-    "Entrypoint", "WorkingDir", "HostConfig",   "NetworkingConfig", "MacAddress",
-    "Labels",     "StopSignal", "Healthcheck",  "StopTimeout",   "Runtime",
+    "Hostname",
+    "Domainname",
+    "ExposedPorts",
+    "User",
+    "Tty",
+    "OpenStdin",
+    "StdinOnce",
+    "AttachStdin",
+    "AttachStdout",
+    "AttachStderr",
+    "Env",
+    "Cmd",
+    "Image",
+    "Volumes",
+    "NetworkDisabled",
+    "Entrypoint",
+    "WorkingDir",
+    "HostConfig",
+    "NetworkingConfig",
+    "MacAddress",
+    "Labels",
+    "StopSignal",
+    "Healthcheck",
+    "StopTimeout",
+    "Runtime",
 };
 
 constexpr const char* kHostConfigOrder[] = {
-    "Memory",          "MemorySwap",         "MemoryReservation", "KernelMemory",
-    "MemorySwappiness", "ShmSize",           "PidMode",           "IpcMode",
-    "Privileged",      "OomKillDisable",     "OomScoreAdj",       "PublishAllPorts",
-    "ReadonlyRootfs",  "DnsSearch",          "NetworkMode",       "RestartPolicy",
-    "CapAdd",          "CapDrop",            "Devices",           "GroupAdd",
-    "Dns",             "DnsOptions",         "SecurityOpt",       "Sysctls",
-    "VolumesFrom",     "Binds",              "PortBindings",      "ExtraHosts",
-    "Links",           "LxcConf",            "CgroupParent",      "Ulimits",
-    "LogConfig",       "CpuQuota",           "CpuPeriod",         "CpuShares",
-    "CpusetCpus",      "CpusetMems",         "CPURealtimePeriod", "CPURealtimeRuntime",
-    "BlkioWeight",     "BlkioWeightDevice",  "BlkioDeviceReadBps", "BlkioDeviceWriteBps",
-    "BlkioDeviceReadIOps", "BlkioDeviceWriteIOps", "Tmpfs",       "UsernsMode",
-    "UTSMode",         "PidsLimit",          "Isolation",         "AutoRemove",
-    "StorageOpt",      "Init",               "InitPath",          "VolumeDriver",
-    "CpuCount",        "CpuPercent",         "NanoCpus",          "Runtime",
-    "Mounts",          "DeviceCgroupRules",  "DeviceRequests",    "CgroupnsMode",
+    "Memory",
+    "MemorySwap",
+    "MemoryReservation",
+    "KernelMemory",
+    "MemorySwappiness",
+    "ShmSize",
+    "PidMode",
+    "IpcMode",
+    "Privileged",
+    "OomKillDisable",
+    "OomScoreAdj",
+    "PublishAllPorts",
+    "ReadonlyRootfs",
+    "DnsSearch",
+    "NetworkMode",
+    "RestartPolicy",
+    "CapAdd",
+    "CapDrop",
+    "Devices",
+    "GroupAdd",
+    "Dns",
+    "DnsOptions",
+    "SecurityOpt",
+    "Sysctls",
+    "VolumesFrom",
+    "Binds",
+    "PortBindings",
+    "ExtraHosts",
+    "Links",
+    "LxcConf",
+    "CgroupParent",
+    "Ulimits",
+    "LogConfig",
+    "CpuQuota",
+    "CpuPeriod",
+    "CpuShares",
+    "CpusetCpus",
+    "CpusetMems",
+    "CPURealtimePeriod",
+    "CPURealtimeRuntime",
+    "BlkioWeight",
+    "BlkioWeightDevice",
+    "BlkioDeviceReadBps",
+    "BlkioDeviceWriteBps",
+    "BlkioDeviceReadIOps",
+    "BlkioDeviceWriteIOps",
+    "Tmpfs",
+    "UsernsMode",
+    "UTSMode",
+    "PidsLimit",
+    "Isolation",
+    "AutoRemove",
+    "StorageOpt",
+    "Init",
+    "InitPath",
+    "VolumeDriver",
+    "CpuCount",
+    "CpuPercent",
+    "NanoCpus",
+    "Runtime",
+    "Mounts",
+    "DeviceCgroupRules",
+    "DeviceRequests",
+    "CgroupnsMode",
 };
 
 Json ordered(std::map<std::string, Json>& fields, const char* const* begin,
@@ -172,9 +240,9 @@ Result<ContainerPlan> planContainer(const DockerJob& job, const RunContext& run,
 
   auto argv = common::shellSplit(job.command.value_or(kDefaultCommand));
   if (!argv) {
-    return makeError(ErrorKind::InvalidConfiguration,
-                     "job variable 'command': cannot be split into arguments: " +
-                         argv.error().message);
+    return makeError(
+        ErrorKind::InvalidConfiguration,
+        "job variable 'command': cannot be split into arguments: " + argv.error().message);
   }
 
   Json env_list = Json::array();
@@ -258,8 +326,7 @@ Result<ContainerPlan> planContainer(const DockerJob& job, const RunContext& run,
   if (config.count("NetworkDisabled") == 0) {
     config["NetworkDisabled"] = false;
   }
-  config["HostConfig"] =
-      ordered(host, std::begin(kHostConfigOrder), std::end(kHostConfigOrder));
+  config["HostConfig"] = ordered(host, std::begin(kHostConfigOrder), std::end(kHostConfigOrder));
   if (networking) {
     config["NetworkingConfig"] = std::move(*networking);
   }

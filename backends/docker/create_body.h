@@ -28,18 +28,19 @@ struct EngineFacts {
 
 /// @brief Everything `start` needs to create one container.
 struct ContainerPlan {
-  std::string image;                 ///< Image reference.
-  ImageRef image_ref;                ///< The same, split for a pull.
-  PullPolicy pull_policy = PullPolicy::IfNotPresent;  ///< Effective policy.
+  std::string image;                                        ///< Image reference.
+  ImageRef image_ref;                                       ///< The same, split for a pull.
+  PullPolicy pull_policy = PullPolicy::IfNotPresent;        ///< Effective policy.
   std::optional<RegistryCredentials> registry_credentials;  ///< For the pull.
   std::optional<std::string> name;      ///< Container name; nullopt: the engine picks one.
   std::optional<std::string> platform;  ///< `platform` query parameter.
   Json body = Json::object();           ///< Body of `POST /containers/create`.
-  std::vector<std::string> networks;        ///< Every network of the job.
-  std::vector<std::string> extra_networks;  ///< Networks connected after create (all but the first).
-  bool tty = false;            ///< The container has a TTY: its output is not multiplexed.
-  bool stream_output = true;   ///< Copy the output to the run's log sink.
-  bool auto_remove = false;    ///< The engine removes the container when it exits.
+  std::vector<std::string> networks;    ///< Every network of the job.
+  std::vector<std::string>
+      extra_networks;                 ///< Networks connected after create (all but the first).
+  bool tty = false;                   ///< The container has a TTY: its output is not multiplexed.
+  bool stream_output = true;          ///< Copy the output to the run's log sink.
+  bool auto_remove = false;           ///< The engine removes the container when it exits.
   std::vector<std::string> warnings;  ///< Messages for the run's log.
 };
 

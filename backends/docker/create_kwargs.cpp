@@ -122,17 +122,28 @@ constexpr Entry kEntries[] = {
 
 // Job variables of the Docker worker: Prefect drops kwargs named like them.
 constexpr const char* kJobVariableNames[] = {
-    "command",  "env",          "labels",    "name",          "image",
-    "registry_credentials",     "image_pull_policy",          "networks",
-    "network_mode",             "auto_remove",                "volumes",
-    "stream_output",            "mem_limit", "memswap_limit", "privileged",
+    "command",
+    "env",
+    "labels",
+    "name",
+    "image",
+    "registry_credentials",
+    "image_pull_policy",
+    "networks",
+    "network_mode",
+    "auto_remove",
+    "volumes",
+    "stream_output",
+    "mem_limit",
+    "memswap_limit",
+    "privileged",
     "container_create_kwargs",
 };
 
 // Keys with handling of their own.
-constexpr const char* kSpecialKeys[] = {"ports",     "networking_config", "platform",
-                                        "extra_hosts", "detach",          "stdin_open",
-                                        "tty",       "use_config_proxy"};
+constexpr const char* kSpecialKeys[] = {
+    "ports",  "networking_config", "platform", "extra_hosts",
+    "detach", "stdin_open",        "tty",      "use_config_proxy"};
 
 Error invalid(const std::string& key, const std::string& why) {
   return makeError(ErrorKind::InvalidConfiguration,
@@ -247,12 +258,11 @@ bool looksLikeAddressPair(const Json& value) {
   }
   const std::string first = value[0].get<std::string>();
   const bool address = first.find_first_of(".:") != std::string::npos || first == "localhost";
-  const bool port = value[1].is_number_integer() || value[1].is_null() ||
-                    (value[1].is_string() && !value[1].get<std::string>().empty() &&
-                     std::all_of(value[1].get<std::string>().begin(),
-                                 value[1].get<std::string>().end(), [](char c) {
-                                   return std::isdigit(static_cast<unsigned char>(c)) != 0;
-                                 }));
+  const bool port =
+      value[1].is_number_integer() || value[1].is_null() ||
+      (value[1].is_string() && !value[1].get<std::string>().empty() &&
+       std::all_of(value[1].get<std::string>().begin(), value[1].get<std::string>().end(),
+                   [](char c) { return std::isdigit(static_cast<unsigned char>(c)) != 0; }));
   return address && port;
 }
 
@@ -349,8 +359,9 @@ Result<Json> convert(const Entry& entry, const Json& value, std::string_view api
       Json list = Json::array();
       for (const auto& request : value) {
         if (!request.is_object()) {
-          return invalid(key, "must hold objects such as {\"count\": -1, \"capabilities\": "
-                              "[[\"gpu\"]]}");
+          return invalid(key,
+                         "must hold objects such as {\"count\": -1, \"capabilities\": "
+                         "[[\"gpu\"]]}");
         }
         const Json driver = valueOr(either(request, "driver", "Driver"), "");
         const Json count = valueOr(either(request, "count", "Count"), 0);
@@ -378,8 +389,9 @@ Result<Json> convert(const Entry& entry, const Json& value, std::string_view api
       Json list = Json::array();
       for (const auto& limit : value) {
         if (!limit.is_object()) {
-          return invalid(key, "must hold objects such as {\"name\": \"nofile\", \"soft\": 1024, "
-                              "\"hard\": 2048}");
+          return invalid(key,
+                         "must hold objects such as {\"name\": \"nofile\", \"soft\": 1024, "
+                         "\"hard\": 2048}");
         }
         const Json name = valueOr(either(limit, "name", "Name"), nullptr);
         const Json soft = valueOr(either(limit, "soft", "Soft"), nullptr);
@@ -642,8 +654,9 @@ Result<TranslatedKwargs> translateCreateKwargs(const Json& kwargs, std::string_v
     const auto entry = std::find_if(std::begin(kEntries), std::end(kEntries),
                                     [&](const Entry& e) { return key == e.key; });
     if (entry == std::end(kEntries)) {
-      return invalid(key, "is not a docker-py keyword argument of containers.create that "
-                          "poolworker knows; see the docker-py documentation");
+      return invalid(key,
+                     "is not a docker-py keyword argument of containers.create that "
+                     "poolworker knows; see the docker-py documentation");
     }
     if (value.is_null() || (entry->keep == Keep::Truthy && !truthy(value))) {
       continue;

@@ -1,13 +1,12 @@
 #include "backends/docker/docker_backend.h"
 
-#include <utility>  // Boost 1.74's Asio uses std::exchange without including it.
-
 #include <algorithm>
 #include <fstream>
 #include <optional>
 #include <set>
 #include <sstream>
 #include <unordered_map>
+#include <utility>  // Boost 1.74's Asio uses std::exchange without including it.
 #include <vector>
 
 #include <boost/asio/io_context.hpp>
@@ -80,9 +79,7 @@ struct ContainerRef {
   bool stream_output = true;
   bool tty = false;
 
-  std::string display() const {
-    return "'" + (name.empty() ? shortId(id) : name) + "'";
-  }
+  std::string display() const { return "'" + (name.empty() ? shortId(id) : name) + "'"; }
 };
 
 Json handleData(const ContainerRef& ref) {
@@ -128,8 +125,7 @@ Result<ContainerRef> parseHandle(const RunHandle& handle, const std::string& eng
   if (!ref.engine.empty() && ref.engine != engine_url) {
     return makeError(ErrorKind::NotFound, "the run's container " + ref.display() +
                                               " is on the Docker engine at " + ref.engine +
-                                              ", but this worker uses the engine at " +
-                                              engine_url);
+                                              ", but this worker uses the engine at " + engine_url);
   }
   return ref;
 }
@@ -144,12 +140,12 @@ Outcome outcomeFromState(const Json& state) {
     outcome.exit_code = code->get<int>();
   }
   std::string detail;
-  if (const auto oom = state.find("OOMKilled"); oom != state.end() && oom->is_boolean() &&
-                                                 oom->get<bool>()) {
+  if (const auto oom = state.find("OOMKilled");
+      oom != state.end() && oom->is_boolean() && oom->get<bool>()) {
     detail = "The container was killed because it ran out of memory (OOMKilled).";
   }
-  if (const auto error = state.find("Error"); error != state.end() && error->is_string() &&
-                                               !error->get<std::string>().empty()) {
+  if (const auto error = state.find("Error");
+      error != state.end() && error->is_string() && !error->get<std::string>().empty()) {
     detail += (detail.empty() ? "" : " ") + std::string("Docker: ") + error->get<std::string>();
   }
   outcome.detail = detail;
@@ -223,7 +219,8 @@ class DockerBackend::Core : public std::enable_shared_from_this<DockerBackend::C
         executor_(executor),
         settings_(std::move(settings)),
         engine_(std::make_shared<EngineClient>(
-            io, settings_.endpoint, EngineClientOptions{settings_.timeout, settings_.api_version})) {}
+            io, settings_.endpoint,
+            EngineClientOptions{settings_.timeout, settings_.api_version})) {}
 
   // ---- start ---------------------------------------------------------------------------------
 
@@ -237,9 +234,8 @@ class DockerBackend::Core : public std::enable_shared_from_this<DockerBackend::C
     }
     auto job = parseJobConfiguration(request.configuration, settings_.working_directory);
     if (!job) {
-      return post([this, self = shared_from_this(), op, error = job.error()] {
-        finishStart(op, error);
-      });
+      return post(
+          [this, self = shared_from_this(), op, error = job.error()] { finishStart(op, error); });
     }
     engine_->negotiate([this, self = shared_from_this(), op,
                         job = std::move(job).value()](Result<EngineVersion> engine) {
@@ -265,24 +261,23 @@ class DockerBackend::Core : public std::enable_shared_from_this<DockerBackend::C
       return ensureImage(op);
     }
     const std::string network = op->plan.networks[index];
-    engine_->request("GET", "/networks/" + urlEncode(network), std::nullopt,
-                     [this, self = shared_from_this(), op, index,
-                      network](Result<HttpResponse> answer) {
-                       if (!answer) {
-                         return finishStart(op, answer.error());
-                       }
-                       if (answer->status == 404) {
-                         return finishStart(op, invalid("Docker network '" + network +
-                                                        "' does not exist (Docker: " +
-                                                        engineMessage(*answer) + ")"));
-                       }
-                       if (!isSuccess(answer->status)) {
-                         return finishStart(
-                             op, engineError(*answer, "looking up the Docker network '" +
-                                                          network + "' failed"));
-                       }
-                       checkNetwork(op, index + 1);
-                     });
+    engine_->request(
+        "GET", "/networks/" + urlEncode(network), std::nullopt,
+        [this, self = shared_from_this(), op, index, network](Result<HttpResponse> answer) {
+          if (!answer) {
+            return finishStart(op, answer.error());
+          }
+          if (answer->status == 404) {
+            return finishStart(
+                op, invalid("Docker network '" + network +
+                            "' does not exist (Docker: " + engineMessage(*answer) + ")"));
+          }
+          if (!isSuccess(answer->status)) {
+            return finishStart(
+                op, engineError(*answer, "looking up the Docker network '" + network + "' failed"));
+          }
+          checkNetwork(op, index + 1);
+        });
   }
 
   void ensureImage(const std::shared_ptr<StartOp>& op) {
@@ -308,20 +303,20 @@ class DockerBackend::Core : public std::enable_shared_from_this<DockerBackend::C
   }
 
   void imagePresent(const std::string& image, std::function<void(Result<bool>)> done) {
-    engine_->request("GET", "/images/" + pathEncode(image) + "/json", std::nullopt,
-                     [image, done = std::move(done)](Result<HttpResponse> answer) {
-                       if (!answer) {
-                         return done(answer.error());
-                       }
-                       if (answer->status == 404) {
-                         return done(false);
-                       }
-                       if (!isSuccess(answer->status)) {
-                         return done(engineError(
-                             *answer, "looking up the Docker image '" + image + "' failed"));
-                       }
-                       done(true);
-                     });
+    engine_->request(
+        "GET", "/images/" + pathEncode(image) + "/json", std::nullopt,
+        [image, done = std::move(done)](Result<HttpResponse> answer) {
+          if (!answer) {
+            return done(answer.error());
+          }
+          if (answer->status == 404) {
+            return done(false);
+          }
+          if (!isSuccess(answer->status)) {
+            return done(engineError(*answer, "looking up the Docker image '" + image + "' failed"));
+          }
+          done(true);
+        });
   }
 
   void pull(const std::shared_ptr<StartOp>& op) {
@@ -334,22 +329,22 @@ class DockerBackend::Core : public std::enable_shared_from_this<DockerBackend::C
       return pullImage(op);
     }
     op->say(LogLevel::Info, "Logging into Docker registry...");
-    engine_->request(
-        "POST", "/auth", authConfigOf(*credentials),
-        [this, self = shared_from_this(), op, key](Result<HttpResponse> answer) {
-          if (answer && isSuccess(answer->status)) {
-            logged_in_.insert(key);
-            return pullImage(op);
-          }
-          Error error = answer ? engineError(*answer, "") : answer.error();
-          if (answer) {
-            error.kind = answer->status >= 500 ? ErrorKind::InfrastructureFailed
-                                               : ErrorKind::Unauthorized;
-            error.message = "logging in to the Docker registry '" + key.first + "' as '" +
-                            key.second + "' failed: " + engineMessage(*answer);
-          }
-          pullFailed(op, error);
-        });
+    engine_->request("POST", "/auth", authConfigOf(*credentials),
+                     [this, self = shared_from_this(), op, key](Result<HttpResponse> answer) {
+                       if (answer && isSuccess(answer->status)) {
+                         logged_in_.insert(key);
+                         return pullImage(op);
+                       }
+                       Error error = answer ? engineError(*answer, "") : answer.error();
+                       if (answer) {
+                         error.kind = answer->status >= 500 ? ErrorKind::InfrastructureFailed
+                                                            : ErrorKind::Unauthorized;
+                         error.message = "logging in to the Docker registry '" + key.first +
+                                         "' as '" + key.second +
+                                         "' failed: " + engineMessage(*answer);
+                       }
+                       pullFailed(op, error);
+                     });
   }
 
   std::vector<std::pair<std::string, std::string>> pullHeaders(const ContainerPlan& plan) const {
@@ -414,8 +409,7 @@ class DockerBackend::Core : public std::enable_shared_from_this<DockerBackend::C
       }
       create(op);
     };
-    *call = engine_->stream("POST", path, std::nullopt, std::move(handlers),
-                            pullHeaders(op->plan));
+    *call = engine_->stream("POST", path, std::nullopt, std::move(handlers), pullHeaders(op->plan));
   }
 
   void pullFailed(const std::shared_ptr<StartOp>& op, const Error& error) {
@@ -426,24 +420,24 @@ class DockerBackend::Core : public std::enable_shared_from_this<DockerBackend::C
                                    "'; the image pull policy is 'IfPossible', so a local image "
                                    "is used if there is one. Pulling failed with: " +
                                    error.message);
-    imagePresent(op->plan.image, [this, self = shared_from_this(), op,
-                                  error](Result<bool> present) {
-      if (present && *present) {
-        return create(op);
-      }
-      const std::string local = present ? "No such image: " + op->plan.image
-                                        : present.error().message;
-      finishStart(op, infrastructure("Docker image '" + op->plan.image +
-                                     "' could neither be pulled nor found locally. Pull: " +
-                                     error.message + ". Local: " + local +
-                                     ". The image pull policy 'IfPossible' fell back to a "
-                                     "local image, but there is none."));
-    });
+    imagePresent(
+        op->plan.image, [this, self = shared_from_this(), op, error](Result<bool> present) {
+          if (present && *present) {
+            return create(op);
+          }
+          const std::string local =
+              present ? "No such image: " + op->plan.image : present.error().message;
+          finishStart(op, infrastructure("Docker image '" + op->plan.image +
+                                         "' could neither be pulled nor found locally. Pull: " +
+                                         error.message + ". Local: " + local +
+                                         ". The image pull policy 'IfPossible' fell back to a "
+                                         "local image, but there is none."));
+        });
   }
 
   void create(const std::shared_ptr<StartOp>& op) {
     const auto& base = op->plan.name;
-    op->name = !base ? std::string()
+    op->name = !base              ? std::string()
                : op->attempt == 0 ? *base
                                   : *base + "-" + std::to_string(op->attempt);
     std::string path = "/containers/create";
@@ -469,8 +463,8 @@ class DockerBackend::Core : public std::enable_shared_from_this<DockerBackend::C
           }
           if (answer->status == 409 && contains(engineMessage(*answer), "container name") &&
               !op->name.empty() && op->attempt < kMaxNameAttempts) {
-            op->say(LogLevel::Info, "Docker container name '" + op->name +
-                                        "' already exists; retrying...");
+            op->say(LogLevel::Info,
+                    "Docker container name '" + op->name + "' already exists; retrying...");
             ++op->attempt;
             return create(op);
           }
@@ -532,24 +526,26 @@ class DockerBackend::Core : public std::enable_shared_from_this<DockerBackend::C
       return registerWait(op);
     }
     const std::string network = op->plan.extra_networks[op->next_network++];
-    engine_->request("POST", "/networks/" + urlEncode(network) + "/connect",
-                     Json{{"Container", op->container_id}},
-                     [this, self = shared_from_this(), op, network](Result<HttpResponse> answer) {
-                       if (!answer) {
-                         return finishStart(op, answer.error());
-                       }
-                       if (answer->status == 404) {
-                         return finishStart(op, invalid("Docker network '" + network +
-                                                        "' does not exist (Docker: " +
-                                                        engineMessage(*answer) + ")"));
-                       }
-                       if (!isSuccess(answer->status)) {
-                         return finishStart(
-                             op, engineError(*answer, "connecting the container to the Docker "
-                                                      "network '" + network + "' failed"));
-                       }
-                       connectNext(op);
-                     });
+    engine_->request(
+        "POST", "/networks/" + urlEncode(network) + "/connect",
+        Json{{"Container", op->container_id}},
+        [this, self = shared_from_this(), op, network](Result<HttpResponse> answer) {
+          if (!answer) {
+            return finishStart(op, answer.error());
+          }
+          if (answer->status == 404) {
+            return finishStart(
+                op, invalid("Docker network '" + network +
+                            "' does not exist (Docker: " + engineMessage(*answer) + ")"));
+          }
+          if (!isSuccess(answer->status)) {
+            return finishStart(op, engineError(*answer,
+                                               "connecting the container to the Docker "
+                                               "network '" +
+                                                   network + "' failed"));
+          }
+          connectNext(op);
+        });
   }
 
   void registerWait(const std::shared_ptr<StartOp>& op) {
@@ -594,12 +590,12 @@ class DockerBackend::Core : public std::enable_shared_from_this<DockerBackend::C
             if (answer->status == 404 && message.rfind("network ", 0) == 0 &&
                 contains(message, " not found")) {
               // A network removed between the check and the start.
-              return finishStart(op, invalid("Docker " + message.substr(0, message.rfind(
-                                                                             " not found")) +
-                                             " does not exist (Docker: " + message + ")"));
+              return finishStart(
+                  op, invalid("Docker " + message.substr(0, message.rfind(" not found")) +
+                              " does not exist (Docker: " + message + ")"));
             }
-            Error error = engineError(*answer, "starting the Docker container " + display(*op) +
-                                                   " failed");
+            Error error =
+                engineError(*answer, "starting the Docker container " + display(*op) + " failed");
             if (error.kind == ErrorKind::NotFound) {
               error.kind = ErrorKind::InfrastructureFailed;
             }
@@ -680,12 +676,12 @@ class DockerBackend::Core : public std::enable_shared_from_this<DockerBackend::C
           return callback(answer.error());
         }
         if (answer->status == 404) {
-          return callback(makeError(ErrorKind::NotFound, "the Docker container " +
-                                                             watch->ref.display() +
-                                                             " no longer exists"));
+          return callback(
+              makeError(ErrorKind::NotFound,
+                        "the Docker container " + watch->ref.display() + " no longer exists"));
         }
-        return callback(engineError(*answer, "waiting for the Docker container " +
-                                                 watch->ref.display() + " failed"));
+        return callback(engineError(
+            *answer, "waiting for the Docker container " + watch->ref.display() + " failed"));
       }
       if (!answer) {
         if (answer.error().kind == ErrorKind::Cancelled) {
@@ -694,8 +690,8 @@ class DockerBackend::Core : public std::enable_shared_from_this<DockerBackend::C
         if (!watch->warned_drop) {
           watch->warned_drop = true;
           watch->say(LogLevel::Warning, "Lost the connection waiting for the Docker container " +
-                                            watch->ref.display() + " (" +
-                                            answer.error().message + "); reconnecting");
+                                            watch->ref.display() + " (" + answer.error().message +
+                                            "); reconnecting");
         }
         return scheduleRecheck(watch);
       }
@@ -707,9 +703,9 @@ class DockerBackend::Core : public std::enable_shared_from_this<DockerBackend::C
       Outcome outcome;
       outcome.exit_code = code->get<int>();
       if (const auto error = body.find("Error"); error != body.end() && error->is_object()) {
-        if (const auto message = error->find("Message");
-            message != error->end() && message->is_string() &&
-            !message->get<std::string>().empty()) {
+        if (const auto message = error->find("Message"); message != error->end() &&
+                                                         message->is_string() &&
+                                                         !message->get<std::string>().empty()) {
           outcome.detail = "Docker: " + message->get<std::string>();
         }
       }
@@ -718,9 +714,9 @@ class DockerBackend::Core : public std::enable_shared_from_this<DockerBackend::C
                                      std::to_string(*outcome.exit_code) + ")");
       settle(watch, std::move(outcome));
     };
-    watch->wait_call = engine_->stream("POST", "/containers/" + watch->ref.id +
-                                                   "/wait?condition=" + condition,
-                                       std::nullopt, std::move(handlers));
+    watch->wait_call =
+        engine_->stream("POST", "/containers/" + watch->ref.id + "/wait?condition=" + condition,
+                        std::nullopt, std::move(handlers));
   }
 
   /// Opens the output stream: an attach before the container starts (nothing is missed), or
@@ -758,8 +754,8 @@ class DockerBackend::Core : public std::enable_shared_from_this<DockerBackend::C
           if (!answer) {
             return callback(answer.error());
           }
-          return callback(engineError(*answer, "attaching to the Docker container " +
-                                                   watch->ref.display() + " failed"));
+          return callback(engineError(
+              *answer, "attaching to the Docker container " + watch->ref.display() + " failed"));
         }
         callback(success());
       }
@@ -829,37 +825,37 @@ class DockerBackend::Core : public std::enable_shared_from_this<DockerBackend::C
 
   /// After a broken wait: is the container still there, and how is it?
   void recheck(const std::shared_ptr<Watch>& watch) {
-    engine_->request(
-        "GET", "/containers/" + watch->ref.id + "/json", std::nullopt,
-        [this, self = shared_from_this(), watch](Result<HttpResponse> answer) {
-          if (watch->abandoned) {
-            return;
-          }
-          if (!answer) {
-            if (answer.error().kind == ErrorKind::Cancelled) {
-              return settle(watch, answer.error());
-            }
-            return scheduleRecheck(watch);
-          }
-          if (answer->status == 404) {
-            return settle(watch, goneOutcome(watch->ref));
-          }
-          if (!isSuccess(answer->status)) {
-            if (answer->status >= 500) {
-              return scheduleRecheck(watch);
-            }
-            return settle(watch, engineError(*answer, "inspecting the Docker container " +
-                                                          watch->ref.display() + " failed"));
-          }
-          const Json inspect = Json::parse(answer->body, nullptr, false);
-          if (!inspect.is_object()) {
-            return scheduleRecheck(watch);
-          }
-          if (isRunningStatus(statusOf(inspect))) {
-            return issueWait(watch, "not-running", nullptr);
-          }
-          settle(watch, outcomeFromState(inspect["State"]));
-        });
+    engine_->request("GET", "/containers/" + watch->ref.id + "/json", std::nullopt,
+                     [this, self = shared_from_this(), watch](Result<HttpResponse> answer) {
+                       if (watch->abandoned) {
+                         return;
+                       }
+                       if (!answer) {
+                         if (answer.error().kind == ErrorKind::Cancelled) {
+                           return settle(watch, answer.error());
+                         }
+                         return scheduleRecheck(watch);
+                       }
+                       if (answer->status == 404) {
+                         return settle(watch, goneOutcome(watch->ref));
+                       }
+                       if (!isSuccess(answer->status)) {
+                         if (answer->status >= 500) {
+                           return scheduleRecheck(watch);
+                         }
+                         return settle(watch,
+                                       engineError(*answer, "inspecting the Docker container " +
+                                                                watch->ref.display() + " failed"));
+                       }
+                       const Json inspect = Json::parse(answer->body, nullptr, false);
+                       if (!inspect.is_object()) {
+                         return scheduleRecheck(watch);
+                       }
+                       if (isRunningStatus(statusOf(inspect))) {
+                         return issueWait(watch, "not-running", nullptr);
+                       }
+                       settle(watch, outcomeFromState(inspect["State"]));
+                     });
   }
 
   static Outcome goneOutcome(const ContainerRef& ref) {
@@ -1017,7 +1013,8 @@ class DockerBackend::Core : public std::enable_shared_from_this<DockerBackend::C
             return done(answer.error());
           }
           if (answer->status == 404) {
-            std::string message = "the Docker container " + container.display() + " no longer exists";
+            std::string message =
+                "the Docker container " + container.display() + " no longer exists";
             if (container.auto_remove) {
               message +=
                   "; it was created with auto_remove, so it has most likely exited and been "
@@ -1026,28 +1023,28 @@ class DockerBackend::Core : public std::enable_shared_from_this<DockerBackend::C
             return done(makeError(ErrorKind::NotFound, message, 404));
           }
           if (!isSuccess(answer->status)) {
-            return done(engineError(*answer, "inspecting the Docker container " + container.display() +
-                                                 " failed"));
+            return done(engineError(
+                *answer, "inspecting the Docker container " + container.display() + " failed"));
           }
           const Json inspect = Json::parse(answer->body, nullptr, false);
           if (!inspect.is_object()) {
-            return done(makeError(ErrorKind::Internal,
-                                  "the Docker engine's description of the container " +
-                                      container.display() + " is not JSON"));
+            return done(
+                makeError(ErrorKind::Internal, "the Docker engine's description of the container " +
+                                                   container.display() + " is not JSON"));
           }
           const std::string status = statusOf(inspect);
           Recovery recovery;
           if (isRunningStatus(status)) {
             recovery.running = true;
             if (log) {
-              log->log(LogLevel::Info, "Re-attached to the Docker container " + container.display() +
-                                           " (status '" + status + "')");
+              log->log(LogLevel::Info, "Re-attached to the Docker container " +
+                                           container.display() + " (status '" + status + "')");
             }
             return done(recovery);
           }
           if (status == "created") {
-            recovery.outcome.detail = "The Docker container " + container.display() +
-                                      " was created but never started.";
+            recovery.outcome.detail =
+                "The Docker container " + container.display() + " was created but never started.";
             return done(recovery);
           }
           recovery.outcome = outcomeFromState(inspect["State"]);
@@ -1154,9 +1151,7 @@ void DockerBackend::recover(const RunHandle& handle, std::shared_ptr<LogSink> lo
 
 void DockerBackend::check(Callback<void> done) { core_->check(std::move(done)); }
 
-Result<Json> DockerBackend::preview(const StartRequest& request) {
-  return core_->preview(request);
-}
+Result<Json> DockerBackend::preview(const StartRequest& request) { return core_->preview(request); }
 
 void DockerBackend::shutdown() { core_->shutdown(); }
 

@@ -90,9 +90,8 @@ class EngineClient::DeferredCall final : public HttpCall {
     if (!client) {
       return;
     }
-    asio::post(client->io_, [on_done = std::move(on_done), error = std::move(error)] {
-      on_done(error);
-    });
+    asio::post(client->io_,
+               [on_done = std::move(on_done), error = std::move(error)] { on_done(error); });
   }
 };
 
@@ -100,8 +99,8 @@ EngineClient::EngineClient(asio::io_context& io, common::HttpEndpoint endpoint,
                            EngineClientOptions options)
     : io_(io),
       http_(io, std::move(endpoint),
-            common::HttpClientOptions{"the Docker engine", std::string("poolworker/") +
-                                                               POOLWORKER_VERSION}),
+            common::HttpClientOptions{"the Docker engine",
+                                      std::string("poolworker/") + POOLWORKER_VERSION}),
       options_(std::move(options)) {}
 
 Error EngineClient::decorate(Error error) const {
@@ -264,19 +263,19 @@ void EngineClient::ping(std::function<void(Result<void>)> done) {
   request.method = "GET";
   request.target = "/_ping";
   request.timeout = options_.timeout;
-  http_.request(std::move(request), [weak = weak_from_this(),
-                                     done = std::move(done)](Result<HttpResponse> answer) {
-    auto self = weak.lock();
-    if (!answer) {
-      done(self ? self->decorate(answer.error()) : answer.error());
-      return;
-    }
-    if (answer->status != 200) {
-      done(engineError(*answer, "the Docker engine does not answer its ping"));
-      return;
-    }
-    done(success());
-  });
+  http_.request(std::move(request),
+                [weak = weak_from_this(), done = std::move(done)](Result<HttpResponse> answer) {
+                  auto self = weak.lock();
+                  if (!answer) {
+                    done(self ? self->decorate(answer.error()) : answer.error());
+                    return;
+                  }
+                  if (answer->status != 200) {
+                    done(engineError(*answer, "the Docker engine does not answer its ping"));
+                    return;
+                  }
+                  done(success());
+                });
 }
 
 void EngineClient::shutdown() {

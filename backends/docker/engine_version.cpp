@@ -57,7 +57,8 @@ int compareVersions(std::string_view a, std::string_view b) {
 Result<EngineVersion> parseEngineVersion(std::string_view body) {
   const Json json = Json::parse(body, nullptr, false);
   if (!json.is_object()) {
-    return makeError(ErrorKind::Internal, "the Docker engine's /version answer is not a JSON object");
+    return makeError(ErrorKind::Internal,
+                     "the Docker engine's /version answer is not a JSON object");
   }
   EngineVersion version;
   version.version = stringField(json, "Version");

@@ -225,8 +225,7 @@ class DockerBackendFactory final : public BackendFactory {
     settings.docker_config = dockerConfigFile();
     std::error_code ec;
     settings.working_directory = fs::current_path(ec);
-    return BackendPtr(
-        std::make_unique<DockerBackend>(io_, *context.executor, std::move(settings)));
+    return BackendPtr(std::make_unique<DockerBackend>(io_, *context.executor, std::move(settings)));
   }
 
  private:

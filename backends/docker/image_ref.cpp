@@ -207,9 +207,7 @@ Result<std::optional<RegistryCredentials>> parseRegistryCredentials(const Json& 
   return std::optional<RegistryCredentials>(std::move(credentials));
 }
 
-std::string encodeRegistryAuth(const Json& auth_config) {
-  return base64(auth_config.dump(), true);
-}
+std::string encodeRegistryAuth(const Json& auth_config) { return base64(auth_config.dump(), true); }
 
 Json authConfigOf(const RegistryCredentials& credentials) {
   Json auth = Json::object();

@@ -102,9 +102,9 @@ Result<std::optional<Json>> readSize(const Json& value, const char* key) {
 Result<DockerJob> parseJobConfiguration(const Json& configuration,
                                         const std::filesystem::path& base) {
   if (!configuration.is_object()) {
-    return makeError(ErrorKind::InvalidConfiguration,
-                     std::string("the job configuration must be an object, not ") +
-                         configuration.type_name());
+    return makeError(
+        ErrorKind::InvalidConfiguration,
+        std::string("the job configuration must be an object, not ") + configuration.type_name());
   }
   DockerJob job;
   if (const Json* v = find(configuration, "command")) {
@@ -174,10 +174,9 @@ Result<DockerJob> parseJobConfiguration(const Json& configuration,
     }
     job.network_mode = std::move(mode).value();
   }
-  for (const auto& [key, target] :
-       {std::pair<const char*, bool*>{"auto_remove", &job.auto_remove},
-        {"stream_output", &job.stream_output},
-        {"privileged", &job.privileged}}) {
+  for (const auto& [key, target] : {std::pair<const char*, bool*>{"auto_remove", &job.auto_remove},
+                                    {"stream_output", &job.stream_output},
+                                    {"privileged", &job.privileged}}) {
     if (const Json* v = find(configuration, key); v != nullptr && !v->is_null()) {
       auto flag = readBool(*v, key);
       if (!flag) {
@@ -213,8 +212,8 @@ Result<DockerJob> parseJobConfiguration(const Json& configuration,
     }
     job.memswap_limit = std::move(size).value();
   }
-  if (const Json* v = find(configuration, "container_create_kwargs"); v != nullptr &&
-                                                                     !v->is_null()) {
+  if (const Json* v = find(configuration, "container_create_kwargs");
+      v != nullptr && !v->is_null()) {
     if (!v->is_object()) {
       return invalid("container_create_kwargs",
                      std::string("must be an object or null, not ") + v->type_name());

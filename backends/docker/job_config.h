@@ -38,9 +38,9 @@ struct DockerJob {
   std::vector<std::string> networks;                        ///< Networks to attach.
   std::optional<std::string> network_mode;                  ///< e.g. "host", "bridge".
   bool auto_remove = false;                                 ///< HostConfig.AutoRemove.
-  std::vector<std::string> volumes;  ///< Checked volume strings, relative sources resolved.
-  bool stream_output = true;         ///< Copy the container's output to the run's log sink.
-  std::optional<Json> mem_limit;     ///< As given (string or integer).
+  std::vector<std::string> volumes;   ///< Checked volume strings, relative sources resolved.
+  bool stream_output = true;          ///< Copy the container's output to the run's log sink.
+  std::optional<Json> mem_limit;      ///< As given (string or integer).
   std::optional<Json> memswap_limit;  ///< As given (string or integer).
   bool privileged = false;            ///< HostConfig.Privileged.
   Json container_create_kwargs = Json::object();  ///< docker-py keyword arguments.

@@ -51,8 +51,8 @@ std::optional<std::string> inferNetworkMode(const std::optional<std::string>& co
 }
 
 std::string rewriteLocalApiUrl(std::string_view url) {
-  return replaceAll(replaceAll(std::string(url), "localhost", "host.docker.internal"),
-                    "127.0.0.1", "host.docker.internal");
+  return replaceAll(replaceAll(std::string(url), "localhost", "host.docker.internal"), "127.0.0.1",
+                    "host.docker.internal");
 }
 
 bool wantsHostGateway(const Json& env, bool linux) {

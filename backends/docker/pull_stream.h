@@ -40,8 +40,8 @@ class PullStreamParser {
   Result<void> handle(std::string_view text);
 
   std::string image_;
-  std::string pending_;    // the object being read, from its '{'
-  int depth_ = 0;          // braces and brackets open in `pending_`
+  std::string pending_;  // the object being read, from its '{'
+  int depth_ = 0;        // braces and brackets open in `pending_`
   bool in_string_ = false;
   bool escaped_ = false;
   std::string last_status_;

@@ -33,8 +33,8 @@ std::string_view trim(std::string_view text) {
 }  // namespace
 
 bool isRelativeBindSource(std::string_view source) {
-  return source == "." || source == ".." || startsWith(source, "./") ||
-         startsWith(source, "../") || startsWith(source, ".\\") || startsWith(source, "..\\");
+  return source == "." || source == ".." || startsWith(source, "./") || startsWith(source, "../") ||
+         startsWith(source, ".\\") || startsWith(source, "..\\");
 }
 
 Result<std::string> validateVolume(std::string_view volume) {

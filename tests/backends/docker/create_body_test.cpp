@@ -69,8 +69,8 @@ TEST(CreateBody, UsesTheDefaultCommandSplitLikeShlex) {
   ASSERT_TRUE(plan.ok());
   EXPECT_EQ(plan->body["Cmd"], Json::array({"sh", "-c", "echo \"$HOME\"; exit 3"}));
 
-  auto bad = planContainer(jobWith(Json{{"command", "sh -c 'unclosed"}}), localRun(),
-                           EngineFacts{});
+  auto bad =
+      planContainer(jobWith(Json{{"command", "sh -c 'unclosed"}}), localRun(), EngineFacts{});
   ASSERT_FALSE(bad.ok());
   EXPECT_EQ(bad.error().kind, ErrorKind::InvalidConfiguration);
   EXPECT_NE(bad.error().message.find("job variable 'command'"), std::string::npos);
@@ -95,10 +95,10 @@ TEST(CreateBody, RewritesOnlyTheWorkersOwnApiUrl) {
 }
 
 TEST(CreateBody, TakesTheNetworkingConfigOfTheFirstNetworkFromTheKwargs) {
-  auto plan = planContainer(
-      jobWith(Json::parse(R"({"networks": ["n1", "n2"], "container_create_kwargs":
+  auto plan =
+      planContainer(jobWith(Json::parse(R"({"networks": ["n1", "n2"], "container_create_kwargs":
           {"networking_config": {"n1": {"Aliases": ["app"]}}}})")),
-      localRun(), EngineFacts{});
+                    localRun(), EngineFacts{});
   ASSERT_TRUE(plan.ok()) << plan.error().message;
   EXPECT_EQ(plan->body["NetworkingConfig"],
             Json::parse(R"({"EndpointsConfig":{"n1":{"Aliases":["app"]}}})"));
@@ -127,20 +127,19 @@ TEST(CreateBody, KeepsLabelsAndStampsTheVersion) {
 }
 
 TEST(CreateBody, RefusesPortsWithHostNetworking) {
-  auto plan = planContainer(
-      jobWith(Json::parse(R"({"container_create_kwargs": {"ports": {"80": 8080}}})")), localRun(),
-      EngineFacts{});
+  auto plan =
+      planContainer(jobWith(Json::parse(R"({"container_create_kwargs": {"ports": {"80": 8080}}})")),
+                    localRun(), EngineFacts{});
   ASSERT_FALSE(plan.ok());
   EXPECT_NE(plan.error().message.find("'ports' cannot be used with the network mode 'host'"),
             std::string::npos);
 }
 
 TEST(CreateBody, CarriesTtyAndPlatformAndWarnings) {
-  auto plan = planContainer(
-      jobWith(Json::parse(R"({"stream_output": false, "auto_remove": true,
+  auto plan = planContainer(jobWith(Json::parse(R"({"stream_output": false, "auto_remove": true,
           "container_create_kwargs": {"tty": true, "platform": "linux/amd64",
                                       "volumes": ["/x:/x"]}})")),
-      localRun(), EngineFacts{});
+                            localRun(), EngineFacts{});
   ASSERT_TRUE(plan.ok()) << plan.error().message;
   EXPECT_TRUE(plan->tty);
   EXPECT_EQ(plan->platform, "linux/amd64");

@@ -5,9 +5,6 @@
 // sets POOLWORKER_REQUIRE_DOCKER=1 when /var/run/docker.sock exists) a missing engine or test
 // image fails them instead, so that a machine with Docker never passes by skipping.
 
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
@@ -17,6 +14,8 @@
 
 #include <boost/asio/io_context.hpp>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "backends/docker/docker_backend.h"
 #include "backends/docker/engine_client.h"
@@ -160,9 +159,8 @@ class DockerBackendIntegration : public ::testing::Test {
   Result<RunHandle> start(const StartRequest& request, const std::shared_ptr<LogSink>& sink,
                           DockerBackend* backend = nullptr) {
     DockerBackend* target = backend != nullptr ? backend : backend_.get();
-    auto handle = await<RunHandle>(io_, [&](Callback<RunHandle> done) {
-      target->start(request, sink, std::move(done));
-    });
+    auto handle = await<RunHandle>(
+        io_, [&](Callback<RunHandle> done) { target->start(request, sink, std::move(done)); });
     if (handle.ok()) {
       containers_.push_back(handle->data["container_id"].get<std::string>());
     }
@@ -172,15 +170,14 @@ class DockerBackendIntegration : public ::testing::Test {
   Result<Outcome> wait(const RunHandle& handle, const std::shared_ptr<LogSink>& sink,
                        DockerBackend* backend = nullptr) {
     DockerBackend* target = backend != nullptr ? backend : backend_.get();
-    return await<Outcome>(io_, [&](Callback<Outcome> done) {
-      target->wait(handle, sink, std::move(done));
-    });
+    return await<Outcome>(
+        io_, [&](Callback<Outcome> done) { target->wait(handle, sink, std::move(done)); });
   }
 
   /// Containers of this test run with `label=value`, created or not.
   std::vector<std::string> containersLabelled(const std::string& label, const std::string& value) {
-    const std::string filters = common::urlEncode(
-        Json{{"label", Json::array({label + "=" + value})}}.dump());
+    const std::string filters =
+        common::urlEncode(Json{{"label", Json::array({label + "=" + value})}}.dump());
     auto answer = call("GET", "/containers/json?all=1&filters=" + filters);
     std::vector<std::string> ids;
     if (answer.ok() && answer->status == 200) {
@@ -219,9 +216,7 @@ TEST_F(DockerBackendIntegration, RunsAContainerStreamsItsOutputAndReportsItsExit
 
 TEST_F(DockerBackendIntegration, CreatesTheContainerWithPrefectsLabelsEnvVolumesAndLimits) {
   poolworker::testing::TempDir dir;
-  {
-    std::ofstream(dir.path() / "in.txt") << "from the host\n";
-  }
+  { std::ofstream(dir.path() / "in.txt") << "from the host\n"; }
   auto sink = std::make_shared<RecordingSink>();
   auto req = request("sh -c 'cat /data/in.txt; echo \"E2E=$E2E_VALUE\"'",
                      {{"volumes", Json::array({dir.path().string() + ":/data:ro"})},
@@ -254,15 +249,16 @@ TEST_F(DockerBackendIntegration, ExitCodeComesFromTheWaitEvenWhenTheEngineRemove
   // Prefect's worker reports 0 here: without stream_output it reads the exit code from an
   // inspect made while the container still ran, and auto_remove removes it before any other.
   auto sink = std::make_shared<RecordingSink>();
-  auto handle = start(request("sh -c 'exit 3'", {{"stream_output", false}, {"auto_remove", true}}),
-                      sink);
+  auto handle =
+      start(request("sh -c 'exit 3'", {{"stream_output", false}, {"auto_remove", true}}), sink);
   ASSERT_TRUE(handle.ok()) << handle.error().message;
   auto outcome = wait(*handle, sink);
   ASSERT_TRUE(outcome.ok()) << outcome.error().message;
   EXPECT_EQ(outcome->exit_code, 3);
   // The engine removes it shortly after the exit.
   const std::string id = handle->data["container_id"];
-  EXPECT_TRUE(runUntil(io_, [&] { return inspect(id).is_null(); }, std::chrono::seconds(30)));
+  EXPECT_TRUE(runUntil(
+      io_, [&] { return inspect(id).is_null(); }, std::chrono::seconds(30)));
 }
 
 TEST_F(DockerBackendIntegration, OutputOfAFastContainerIsNotLost) {
@@ -288,10 +284,12 @@ TEST_F(DockerBackendIntegration, KillStopsPolitelyFirst) {
               "done'"),
       sink);
   ASSERT_TRUE(handle.ok()) << handle.error().message;
-  ASSERT_TRUE(runUntil(io_, [&] { return sink->out().find("ready") != std::string::npos; },
-                       std::chrono::seconds(60)));
+  ASSERT_TRUE(runUntil(
+      io_, [&] { return sink->out().find("ready") != std::string::npos; },
+      std::chrono::seconds(60)));
   std::optional<Result<Outcome>> outcome;
-  backend_->wait(*handle, sink, [&](Result<Outcome> result) { outcome.emplace(std::move(result)); });
+  backend_->wait(*handle, sink,
+                 [&](Result<Outcome> result) { outcome.emplace(std::move(result)); });
   auto killed = await<void>(io_, [&](Callback<void> done) {
     backend_->kill(*handle, std::chrono::seconds(20), std::move(done));
   });
@@ -308,7 +306,8 @@ TEST_F(DockerBackendIntegration, KillForcesAContainerThatIgnoresTheStopAfterTheG
   auto handle = start(request("sleep 600"), sink);
   ASSERT_TRUE(handle.ok()) << handle.error().message;
   std::optional<Result<Outcome>> outcome;
-  backend_->wait(*handle, sink, [&](Result<Outcome> result) { outcome.emplace(std::move(result)); });
+  backend_->wait(*handle, sink,
+                 [&](Result<Outcome> result) { outcome.emplace(std::move(result)); });
   const auto before = std::chrono::steady_clock::now();
   auto killed = await<void>(io_, [&](Callback<void> done) {
     backend_->kill(*handle, std::chrono::seconds(1), std::move(done));
@@ -320,8 +319,8 @@ TEST_F(DockerBackendIntegration, KillForcesAContainerThatIgnoresTheStopAfterTheG
   EXPECT_GE(std::chrono::steady_clock::now() - before, std::chrono::milliseconds(900));
 
   // A container that is gone already is a successful kill.
-  (void)call("DELETE", "/containers/" + handle->data["container_id"].get<std::string>() +
-                           "?force=1");
+  (void)call("DELETE",
+             "/containers/" + handle->data["container_id"].get<std::string>() + "?force=1");
   auto again = await<void>(io_, [&](Callback<void> done) {
     backend_->kill(*handle, std::chrono::seconds(1), std::move(done));
   });
@@ -333,14 +332,15 @@ TEST_F(DockerBackendIntegration, ANewBackendRecoversARunningContainerAndFollowsI
   poolworker::testing::TempDir dir;
   ::chmod(dir.path().c_str(), 0777);
   // The container waits for a file the test creates once the first backend is gone.
-  auto handle = start(
-      request("sh -c 'echo before; while [ ! -e /ctl/go ]; do sleep 0.1; done; echo after; "
-              "exit 5'",
-              {{"volumes", Json::array({dir.path().string() + ":/ctl"})}}),
-      sink);
+  auto handle =
+      start(request("sh -c 'echo before; while [ ! -e /ctl/go ]; do sleep 0.1; done; echo after; "
+                    "exit 5'",
+                    {{"volumes", Json::array({dir.path().string() + ":/ctl"})}}),
+            sink);
   ASSERT_TRUE(handle.ok()) << handle.error().message;
-  ASSERT_TRUE(runUntil(io_, [&] { return sink->out().find("before") != std::string::npos; },
-                       std::chrono::seconds(60)));
+  ASSERT_TRUE(runUntil(
+      io_, [&] { return sink->out().find("before") != std::string::npos; },
+      std::chrono::seconds(60)));
   // The worker stops: the backend goes, the container keeps running.
   backend_->shutdown();
   backend_.reset();
@@ -378,8 +378,8 @@ TEST_F(DockerBackendIntegration, ANewBackendRecoversARunningContainerAndFollowsI
   EXPECT_EQ(ended->outcome.exit_code, 5);
 
   // Removed: nothing left to recover.
-  (void)call("DELETE", "/containers/" + journalled.data["container_id"].get<std::string>() +
-                           "?force=1");
+  (void)call("DELETE",
+             "/containers/" + journalled.data["container_id"].get<std::string>() + "?force=1");
   auto gone = await<Recovery>(io_, [&](Callback<Recovery> done) {
     backend_->recover(journalled, second, std::move(done));
   });
@@ -428,10 +428,11 @@ TEST_F(DockerBackendIntegration, ABadVolumeFailsBeforeAnythingIsCreated) {
   EXPECT_TRUE(containersLabelled("io.prefect.flow-run-id", req.run.flow_run_id).empty());
 
   // A volume the engine refuses (a bind of a path that is not absolute in the container).
-  auto refused = request("true", {{"volumes", Json::array({"/tmp:/data:ro"})},
-                                  {"container_create_kwargs", {{"mounts", Json::array({{
-                                      {"Type", "bind"}, {"Source", "/tmp"},
-                                      {"Target", "/data"}}})}}}});
+  auto refused = request(
+      "true",
+      {{"volumes", Json::array({"/tmp:/data:ro"})},
+       {"container_create_kwargs",
+        {{"mounts", Json::array({{{"Type", "bind"}, {"Source", "/tmp"}, {"Target", "/data"}}})}}}});
   auto answer = start(refused, sink);
   ASSERT_FALSE(answer.ok());
   EXPECT_NE(answer.error().message.find("/data"), std::string::npos) << answer.error().message;
@@ -451,8 +452,8 @@ TEST_F(DockerBackendIntegration, AnUnknownNetworkFailsTheStartAndLeavesNoContain
 
   // An unknown second network fails after the container was created: it is removed again.
   const std::string real = "poolworker-it-" + randomSuffix();
-  auto created = call("POST", "/networks/create",
-                      Json{{"Name", real}, {"Labels", {{kTestLabel, "1"}}}});
+  auto created =
+      call("POST", "/networks/create", Json{{"Name", real}, {"Labels", {{kTestLabel, "1"}}}});
   ASSERT_TRUE(created.ok() && created->status == 201) << (created.ok() ? created->body : "");
   networks_.push_back(real);
   auto second = request("true", {{"networks", Json::array({real, network})}});
@@ -465,7 +466,8 @@ TEST_F(DockerBackendIntegration, AnUnknownNetworkFailsTheStartAndLeavesNoContain
 
   // Two real networks: the container is on both.
   const std::string other = "poolworker-it-" + randomSuffix();
-  created = call("POST", "/networks/create", Json{{"Name", other}, {"Labels", {{kTestLabel, "1"}}}});
+  created =
+      call("POST", "/networks/create", Json{{"Name", other}, {"Labels", {{kTestLabel, "1"}}}});
   ASSERT_TRUE(created.ok() && created->status == 201);
   networks_.push_back(other);
   auto both = start(request("sleep 0.5", {{"networks", Json::array({real, other})}}), sink);
@@ -524,8 +526,7 @@ TEST_F(DockerBackendIntegration, TheFactoryReadsDockerHostAndBuildsAWorkingBacke
     ::unsetenv("DOCKER_HOST");
   }
   ASSERT_TRUE(backend.ok()) << backend.error().message;
-  auto checked =
-      await<void>(io_, [&](Callback<void> done) { (*backend)->check(std::move(done)); });
+  auto checked = await<void>(io_, [&](Callback<void> done) { (*backend)->check(std::move(done)); });
   EXPECT_TRUE(checked.ok()) << checked.error().message;
   (*backend)->shutdown();
 }

@@ -23,8 +23,7 @@ TEST(Networking, InfersTheNetworkModeLikePrefect) {
             std::nullopt);
   EXPECT_EQ(inferNetworkMode(std::nullopt, none, "http://127.0.0.1:4200/api", true), "host");
   EXPECT_EQ(inferNetworkMode(std::nullopt, none, "http://localhost:4200/api", true), "host");
-  EXPECT_EQ(inferNetworkMode(std::nullopt, none, "http://localhost:4200/api", false),
-            std::nullopt);
+  EXPECT_EQ(inferNetworkMode(std::nullopt, none, "http://localhost:4200/api", false), std::nullopt);
   EXPECT_EQ(inferNetworkMode(std::nullopt, none, "http://prefect:4200/api", true), std::nullopt);
   EXPECT_EQ(inferNetworkMode(std::nullopt, none, "", true), std::nullopt);
   EXPECT_EQ(inferNetworkMode(std::string(""), none, "http://localhost/api", true), "host");
