@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of poolworker: unit and integration tests (also under ASan and UBSan), then
-# the end-to-end tests against a real Prefect server. Installs what it needs first.
+# the end-to-end tests against a real Prefect server (and the Docker engine, when there is one).
+# Installs what it needs first, and builds the Docker test images when there is an engine.
 #
 #   tests/run.sh              everything
 #   tests/run.sh --quick      unit and integration tests of the release build only
@@ -16,6 +17,17 @@ step() { printf '\n==== %s\n' "$*"; }
 
 step "dependencies"
 .ci/install-deps
+
+# The Docker tests run against this machine's engine with images built here (no registry).
+# Where the engine's socket exists they must run: POOLWORKER_REQUIRE_DOCKER=1 turns their
+# "no engine" or "no image" skip into a failure.
+if [ -S /var/run/docker.sock ]; then
+  step "Docker test images"
+  tests/docker/build-test-images.sh
+  export POOLWORKER_REQUIRE_DOCKER=1
+else
+  echo "no Docker engine socket at /var/run/docker.sock: the Docker tests will be skipped"
+fi
 
 step "build (release)"
 .ci/build release

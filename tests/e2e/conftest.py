@@ -222,7 +222,8 @@ def _stop_process_group(process: subprocess.Popen, timeout: float) -> None:
     process.wait()
 
 
-def _start_server(workdir: Path) -> PrefectServer:
+def _start_server(workdir: Path, listen: str = "127.0.0.1") -> PrefectServer:
+    """Starts a server on `listen` (its clients use 127.0.0.1 whatever it listens on)."""
     home = workdir / "home"
     home.mkdir(parents=True, exist_ok=True)
     last_error = ""
@@ -232,7 +233,7 @@ def _start_server(workdir: Path) -> PrefectServer:
         log_path = workdir / f"server-{attempt}.log"
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
-                [str(VENV_BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
+                [str(VENV_BIN / "prefect"), "server", "start", "--host", listen,
                  "--port", str(port)],
                 cwd=workdir,  # Prefect reads .env and prefect.toml from its cwd
                 env=_server_environment(home),
@@ -259,9 +260,25 @@ def _start_server(workdir: Path) -> PrefectServer:
     pytest.fail(last_error, pytrace=False)
 
 
+def _server_listen_address(session: pytest.Session) -> str:
+    """127.0.0.1, unless the session runs Docker tests on a machine with a Docker engine: a
+    container on a bridge network reaches the host at the bridge's gateway address
+    (`host.docker.internal`, mapped to `host-gateway`), never at the host's 127.0.0.1, so the
+    server then listens on every address."""
+    if not docker_socket_exists():
+        return "127.0.0.1"
+    if any(Path(str(item.fspath)).name == "test_docker_worker.py" for item in session.items):
+        return "0.0.0.0"
+    return "127.0.0.1"
+
+
 @pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
-    server = _start_server(tmp_path_factory.mktemp("prefect-server"))
+def prefect_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PrefectServer]:
+    server = _start_server(
+        tmp_path_factory.mktemp("prefect-server"), _server_listen_address(request.session)
+    )
     try:
         yield server
     finally:
@@ -466,3 +483,52 @@ def _slug(text: str) -> str:
 def pool_name(request: pytest.FixtureRequest) -> str:
     """A work pool name unique to this test."""
     return f"e2e-{_slug(request.node.name)}-{uuid.uuid4().hex[:8]}"
+
+
+# ---- Docker ------------------------------------------------------------------------------------
+
+DOCKER_SOCKET = Path("/var/run/docker.sock")
+# Built by tests/docker/build-test-images.sh: Debian with Python 3 and prefect==3.8.8.
+DOCKER_PREFECT_IMAGE = "poolworker-test/prefect:3.8.8"
+
+
+def docker_socket_exists() -> bool:
+    return DOCKER_SOCKET.is_socket()
+
+
+def _docker_required() -> bool:
+    return os.environ.get("POOLWORKER_REQUIRE_DOCKER", "") == "1"
+
+
+def _docker_unavailable(reason: str) -> None:
+    """Skips a Docker test, saying why; fails it instead where Docker is expected
+    (POOLWORKER_REQUIRE_DOCKER=1, set by tests/run.sh when the Docker socket exists)."""
+    if _docker_required():
+        pytest.fail(f"POOLWORKER_REQUIRE_DOCKER=1 but {reason}", pytrace=False)
+    pytest.skip(f"Docker tests skipped: {reason}")
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    """docker-py's client of the machine's Docker engine, once the test image is known to be
+    there. Skips (or fails, see `_docker_unavailable`) without an engine or image."""
+    if not docker_socket_exists():
+        _docker_unavailable(f"there is no Docker engine socket at {DOCKER_SOCKET}")
+    import docker  # docker-py, a dependency of prefect-docker
+
+    client = docker.DockerClient(base_url=f"unix://{DOCKER_SOCKET}", timeout=120)
+    try:
+        client.ping()
+    except Exception as exc:  # noqa: BLE001 (any failure means: no usable engine)
+        _docker_unavailable(f"the Docker engine at {DOCKER_SOCKET} does not answer: {exc}")
+    try:
+        client.images.get(DOCKER_PREFECT_IMAGE)
+    except docker.errors.ImageNotFound:
+        _docker_unavailable(
+            f"the image {DOCKER_PREFECT_IMAGE} does not exist (tests/docker/build-test-images.sh "
+            "builds it)"
+        )
+    try:
+        yield client
+    finally:
+        client.close()

@@ -34,6 +34,7 @@ FLOWS = {
     "sleeper": "sleeper.py:sleeper",
     "echo_env": "echo_env.py:echo_env",
     "mark": "mark.py:mark",
+    "probe": "probe.py:probe",
 }
 
 FINAL_TYPES = {
@@ -117,6 +118,22 @@ class PrefectApi:
         with self.client() as client:
             return client.create_work_pool(
                 WorkPoolCreate(name=name, type="process", base_job_template=template)
+            )
+
+    @staticmethod
+    def default_docker_template() -> dict[str, Any]:
+        """The base job template that `prefect work-pool create --type docker` uses."""
+        from prefect_docker.worker import DockerWorker
+
+        return DockerWorker.get_default_base_job_template()
+
+    def create_docker_pool(
+        self, name: str, base_job_template: Optional[dict[str, Any]] = None
+    ) -> WorkPool:
+        template = base_job_template or self.default_docker_template()
+        with self.client() as client:
+            return client.create_work_pool(
+                WorkPoolCreate(name=name, type="docker", base_job_template=template)
             )
 
     def read_pool(self, name: str) -> Optional[WorkPool]:

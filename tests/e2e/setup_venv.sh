@@ -29,6 +29,6 @@ fi
 echo "setup_venv: installing $requirements into $venv" >&2
 "$venv/bin/python" -m pip install --quiet -r "$requirements" -c "$constraints"
 # Importing the server's API catches dependency releases that break `prefect server start`.
-"$venv/bin/python" -c 'import pytest, prefect.server.api.server, prefect.workers.process'
+"$venv/bin/python" -c 'import pytest, prefect.server.api.server, prefect.workers.process, prefect_docker.worker'
 echo "$want" >"$stamp"
 echo "setup_venv: ready, prefect $("$venv/bin/python" -c 'import prefect; print(prefect.__version__)')" >&2

@@ -1,0 +1,688 @@
+#include "backends/common/http_client.h"
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cctype>
+#include <cerrno>
+#include <cstdint>
+#include <limits>
+#include <optional>
+#include <unordered_map>
+#include <utility>  // Boost 1.74's Asio uses std::exchange without including it.
+
+#include <boost/asio/connect.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/ssl.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/core/stream_traits.hpp>
+#include <boost/beast/http.hpp>
+
+namespace poolworker::backends::common {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = boost::beast::http;
+using ErrorCode = boost::system::error_code;
+
+namespace {
+
+constexpr std::size_t kReadChunk = 64 * 1024;
+
+bool iequals(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+           return std::tolower(static_cast<unsigned char>(x)) ==
+                  std::tolower(static_cast<unsigned char>(y));
+         });
+}
+
+bool startsWith(std::string_view text, std::string_view prefix) {
+  return text.substr(0, prefix.size()) == prefix;
+}
+
+std::string seconds(std::chrono::milliseconds ms) {
+  const auto count = ms.count();
+  if (count % 1000 == 0) {
+    return std::to_string(count / 1000) + " s";
+  }
+  return std::to_string(count) + " ms";
+}
+
+}  // namespace
+
+std::string HttpResponse::header(std::string_view name) const {
+  for (const auto& [key, value] : headers) {
+    if (iequals(key, name)) {
+      return value;
+    }
+  }
+  return {};
+}
+
+std::string urlEncode(std::string_view value) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  std::string out;
+  out.reserve(value.size());
+  for (const char c : value) {
+    const auto byte = static_cast<unsigned char>(c);
+    if (std::isalnum(byte) != 0 || c == '-' || c == '_' || c == '.' || c == '~') {
+      out.push_back(c);
+    } else {
+      out.push_back('%');
+      out.push_back(kHex[byte >> 4U]);
+      out.push_back(kHex[byte & 0x0FU]);
+    }
+  }
+  return out;
+}
+
+Result<HttpEndpoint> parseHttpEndpoint(std::string_view url, TlsSettings tls,
+                                       std::string_view default_port,
+                                       std::string_view default_tls_port) {
+  const auto invalid = [&](const std::string& why) {
+    return makeError(ErrorKind::InvalidConfiguration,
+                     "endpoint '" + std::string(url) + "': " + why);
+  };
+  HttpEndpoint endpoint;
+  if (startsWith(url, "unix://") || startsWith(url, "/")) {
+    const std::string_view path = startsWith(url, "unix://") ? url.substr(7) : url;
+    if (path.empty()) {
+      return invalid("the unix socket path is empty");
+    }
+    endpoint.transport = HttpEndpoint::Transport::Unix;
+    endpoint.socket_path = std::string(path);
+    endpoint.url = "unix://" + endpoint.socket_path;
+    return endpoint;
+  }
+  std::string_view rest;
+  if (startsWith(url, "tcp://")) {
+    rest = url.substr(6);
+  } else if (startsWith(url, "http://")) {
+    rest = url.substr(7);
+  } else if (startsWith(url, "https://")) {
+    rest = url.substr(8);
+    tls.enabled = true;
+  } else {
+    return invalid("expected unix:///path, tcp://host:port, http://host:port or https://host:port");
+  }
+  if (const auto slash = rest.find('/'); slash != std::string_view::npos) {
+    if (rest.substr(slash) != "/") {
+      return invalid("a path after the host is not supported");
+    }
+    rest = rest.substr(0, slash);
+  }
+  std::string_view host;
+  std::string_view port;
+  if (startsWith(rest, "[")) {
+    const auto close = rest.find(']');
+    if (close == std::string_view::npos) {
+      return invalid("missing ']' after an IPv6 address");
+    }
+    host = rest.substr(1, close - 1);
+    const std::string_view after = rest.substr(close + 1);
+    if (!after.empty()) {
+      if (after.front() != ':') {
+        return invalid("unexpected text after the IPv6 address");
+      }
+      port = after.substr(1);
+    }
+  } else {
+    const auto colon = rest.rfind(':');
+    if (colon != std::string_view::npos) {
+      host = rest.substr(0, colon);
+      port = rest.substr(colon + 1);
+      if (port.empty()) {
+        return invalid("the port after ':' is empty");
+      }
+    } else {
+      host = rest;
+    }
+  }
+  if (host.empty()) {
+    return invalid("the host is empty");
+  }
+  if (port.empty()) {
+    port = tls.enabled ? default_tls_port : default_port;
+  }
+  if (!std::all_of(port.begin(), port.end(),
+                   [](char c) { return std::isdigit(static_cast<unsigned char>(c)) != 0; }) ||
+      port.size() > 5 || std::stoi(std::string(port)) > 65535) {
+    return invalid("the port '" + std::string(port) + "' is not a number from 0 to 65535");
+  }
+  endpoint.transport = HttpEndpoint::Transport::Tcp;
+  endpoint.host = std::string(host);
+  endpoint.port = std::string(port);
+  endpoint.tls = std::move(tls);
+  const bool v6 = endpoint.host.find(':') != std::string::npos;
+  const std::string authority =
+      (v6 ? "[" + endpoint.host + "]" : endpoint.host) + ":" + endpoint.port;
+  endpoint.url = (startsWith(url, "tcp://") ? "tcp://"
+                  : endpoint.tls.enabled    ? "https://"
+                                            : "http://") +
+                 authority;
+  return endpoint;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+class CallBase;
+
+/// What the client and its calls share. Calls keep it alive while they run.
+class HttpClientState : public std::enable_shared_from_this<HttpClientState> {
+ public:
+  HttpClientState(asio::io_context& loop, HttpEndpoint where, HttpClientOptions settings)
+      : io(loop), endpoint(std::move(where)), options(std::move(settings)) {}
+
+  /// The TLS context, made on first use so that a bad file fails the request that needs it.
+  Result<std::shared_ptr<asio::ssl::context>> tlsContext();
+
+  void add(std::uint64_t id, const std::shared_ptr<CallBase>& call) { calls[id] = call; }
+  void remove(std::uint64_t id) { calls.erase(id); }
+  void cancelAll();
+
+  asio::io_context& io;
+  HttpEndpoint endpoint;
+  HttpClientOptions options;
+  bool closed = false;
+  std::uint64_t next_id = 1;
+  std::unordered_map<std::uint64_t, std::weak_ptr<CallBase>> calls;
+
+ private:
+  std::shared_ptr<asio::ssl::context> tls_;
+};
+
+Result<std::shared_ptr<asio::ssl::context>> HttpClientState::tlsContext() {
+  if (tls_) {
+    return tls_;
+  }
+  const TlsSettings& settings = endpoint.tls;
+  const auto fail = [&](const std::string& what, const std::string& file, const ErrorCode& ec) {
+    return makeError(
+        ErrorKind::InvalidConfiguration,
+        "TLS for " + endpoint.url + ": cannot load " + what + " '" + file + "': " + ec.message());
+  };
+  auto context = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_client);
+  ErrorCode ec;
+  context->set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
+                           asio::ssl::context::no_sslv3 | asio::ssl::context::no_tlsv1 |
+                           asio::ssl::context::no_tlsv1_1,
+                       ec);
+  if (settings.verify) {
+    if (!settings.ca_file.empty()) {
+      if (context->load_verify_file(settings.ca_file, ec); ec) {
+        return fail("the CA file", settings.ca_file, ec);
+      }
+    } else if (context->set_default_verify_paths(ec); ec) {
+      return fail("the system's CA certificates", "", ec);
+    }
+    context->set_verify_mode(asio::ssl::verify_peer);
+  } else {
+    context->set_verify_mode(asio::ssl::verify_none);
+  }
+  if (!settings.cert_file.empty()) {
+    if (context->use_certificate_chain_file(settings.cert_file, ec); ec) {
+      return fail("the client certificate", settings.cert_file, ec);
+    }
+    const std::string& key = settings.key_file.empty() ? settings.cert_file : settings.key_file;
+    if (context->use_private_key_file(key, asio::ssl::context::pem, ec); ec) {
+      return fail("the client key", key, ec);
+    }
+  }
+  tls_ = std::move(context);
+  return tls_;
+}
+
+/// One exchange: connect, send, read the head, read the body, close. Transport-independent
+/// parts live here; `Call<Stream>` adds the connection.
+class CallBase : public HttpCall, public std::enable_shared_from_this<CallBase> {
+ public:
+  CallBase(std::shared_ptr<HttpClientState> state, std::uint64_t id, HttpRequest request,
+           StreamHandlers handlers, bool buffer_all)
+      : state_(std::move(state)),
+        id_(id),
+        request_(std::move(request)),
+        handlers_(std::move(handlers)),
+        buffer_all_(buffer_all),
+        head_timer_(state_->io),
+        total_timer_(state_->io) {
+    // No limit: streamed bodies last as long as a container, and buffered ones are capped by
+    // `max_buffered_body`. Not boost::none: Boost 1.74 compares a Content-Length with the empty
+    // optional as larger than it and fails every such body with "body limit exceeded".
+    parser_.body_limit(std::numeric_limits<std::uint64_t>::max());
+    parser_.header_limit(64 * 1024);
+  }
+
+  void run() {
+    armTimer(head_timer_, request_.head_timeout.count() > 0 ? request_.head_timeout
+                                                            : std::chrono::milliseconds(0));
+    armTimer(total_timer_, request_.timeout);
+    connect();
+  }
+
+  void cancel() override {
+    if (done_) {
+      return;
+    }
+    abort(makeError(ErrorKind::Cancelled, "the request to " + service() + " was cancelled"));
+  }
+
+ protected:
+  virtual void connect() = 0;
+  virtual void closeStream() = 0;
+  virtual void write() = 0;
+  virtual void readHead() = 0;
+  virtual void readBody() = 0;
+
+  std::string service() const { return state_->options.service_name; }
+  const HttpEndpoint& endpoint() const { return state_->endpoint; }
+
+  /// Ends the call with `error` whatever is pending: the pending operation is aborted by the
+  /// close, and its handler finds the call already finished.
+  void abort(Error error) {
+    if (done_ || aborted_) {
+      return;
+    }
+    pending_error_ = std::move(error);
+    aborted_ = true;
+    closeStream();
+    asio::post(state_->io, [self = shared_from_this()] { self->finish(*self->pending_error_); });
+  }
+
+  /// The error for a failed step, preferring the reason the call was aborted.
+  Error failure(const ErrorCode& ec, bool connecting) const {
+    if (pending_error_) {
+      return *pending_error_;
+    }
+    const std::string& url = endpoint().url;
+    if (connecting) {
+      if (ec == asio::error::access_denied || ec.value() == EPERM) {
+        return makeError(ErrorKind::Unauthorized,
+                         "permission denied connecting to " + service() + " at " + url);
+      }
+      std::string why = ec.message();
+      if (ec == asio::error::connection_refused) {
+        why = "connection refused";
+      } else if (ec.value() == ENOENT) {
+        why = "no such file or directory";
+      } else if (ec == asio::error::host_not_found) {
+        why = "host not found";
+      }
+      if (!why.empty()) {
+        why.front() = static_cast<char>(std::tolower(static_cast<unsigned char>(why.front())));
+      }
+      return makeError(ErrorKind::Transient,
+                       "cannot reach " + service() + " at " + url + ": " + why);
+    }
+    if (ec == http::error::end_of_stream || ec == asio::error::eof ||
+        ec == http::error::partial_message) {
+      return makeError(ErrorKind::Transient,
+                       service() + " at " + url + " closed the connection before the answer ended");
+    }
+    return makeError(ErrorKind::Transient,
+                     "the connection to " + service() + " at " + url + " broke: " + ec.message());
+  }
+
+  void onConnected() {
+    if (done_ || aborted_) {
+      return;
+    }
+    request_message_.method_string(request_.method);
+    request_message_.target(request_.target);
+    request_message_.version(11);
+    if (endpoint().transport == HttpEndpoint::Transport::Unix) {
+      request_message_.set(http::field::host, "localhost");
+    } else {
+      const bool v6 = endpoint().host.find(':') != std::string::npos;
+      request_message_.set(http::field::host, (v6 ? "[" + endpoint().host + "]" : endpoint().host) +
+                                                  ":" + endpoint().port);
+    }
+    request_message_.set(http::field::user_agent, state_->options.user_agent);
+    request_message_.set(http::field::connection, "close");
+    for (const auto& [name, value] : request_.headers) {
+      request_message_.set(name, value);
+    }
+    if (!request_.content_type.empty()) {
+      request_message_.set(http::field::content_type, request_.content_type);
+    }
+    request_message_.body() = std::move(request_.body);
+    request_message_.prepare_payload();
+    write();
+  }
+
+  void onWritten(const ErrorCode& ec) {
+    if (done_ || aborted_) {
+      return;
+    }
+    if (ec) {
+      finish(failure(ec, false));
+      return;
+    }
+    readHead();
+  }
+
+  void onHead(const ErrorCode& ec) {
+    if (done_ || aborted_) {
+      return;
+    }
+    if (ec) {
+      finish(failure(ec, false));
+      return;
+    }
+    head_timer_.cancel();
+    const auto& message = parser_.get();
+    head_.status = static_cast<int>(message.result_int());
+    for (const auto& field : message) {
+      head_.headers.emplace_back(std::string(field.name_string()), std::string(field.value()));
+    }
+    streaming_ = !buffer_all_ && head_.status >= 200 && head_.status < 300;
+    if (streaming_ && handlers_.on_head) {
+      handlers_.on_head(head_);
+      if (done_ || aborted_) {
+        return;
+      }
+    }
+    continueBody();
+  }
+
+  void continueBody() {
+    if (parser_.is_done()) {
+      finish(head_);
+      return;
+    }
+    parser_.get().body().data = chunk_.data();
+    parser_.get().body().size = chunk_.size();
+    readBody();
+  }
+
+  void onBody(ErrorCode ec) {
+    if (done_ || aborted_) {
+      return;
+    }
+    if (ec == http::error::need_buffer) {
+      ec = {};
+    }
+    const std::size_t n = chunk_.size() - parser_.get().body().size;
+    if (n > 0) {
+      const std::string_view data(chunk_.data(), n);
+      if (streaming_) {
+        if (handlers_.on_data) {
+          handlers_.on_data(data);
+          if (done_ || aborted_) {
+            return;
+          }
+        }
+      } else {
+        if (head_.body.size() + n > state_->options.max_buffered_body) {
+          finish(makeError(ErrorKind::Internal,
+                           "the answer of " + service() + " to " + request_.method + " " +
+                               request_.target + " is larger than " +
+                               std::to_string(state_->options.max_buffered_body) + " bytes"));
+          return;
+        }
+        head_.body.append(data);
+      }
+    }
+    if (ec) {
+      finish(failure(ec, false));
+      return;
+    }
+    continueBody();
+  }
+
+  void finish(Result<HttpResponse> result) {
+    if (done_) {
+      return;
+    }
+    done_ = true;
+    head_timer_.cancel();
+    total_timer_.cancel();
+    closeStream();
+    state_->remove(id_);
+    auto on_done = std::move(handlers_.on_done);
+    handlers_ = {};
+    if (on_done) {
+      on_done(std::move(result));
+    }
+  }
+
+  void armTimer(asio::steady_timer& timer, std::chrono::milliseconds after) {
+    if (after.count() <= 0) {
+      return;
+    }
+    timer.expires_after(after);
+    timer.async_wait([weak = weak_from_this(), after](const ErrorCode& ec) {
+      auto self = weak.lock();
+      if (ec || !self || self->done_) {
+        return;
+      }
+      self->abort(makeError(ErrorKind::Transient, self->service() + " at " + self->endpoint().url +
+                                                      " did not answer within " + seconds(after)));
+    });
+  }
+
+  std::shared_ptr<HttpClientState> state_;
+  std::uint64_t id_;
+  HttpRequest request_;
+  StreamHandlers handlers_;
+  bool buffer_all_;
+  bool streaming_ = false;
+  bool done_ = false;
+  bool aborted_ = false;  // closed by cancel() or a deadline; finish() is on its way
+  std::optional<Error> pending_error_;
+  asio::steady_timer head_timer_;
+  asio::steady_timer total_timer_;
+  http::request<http::string_body> request_message_;
+  beast::flat_buffer buffer_;
+  http::response_parser<http::buffer_body> parser_;
+  std::array<char, kReadChunk> chunk_{};
+  HttpResponse head_;
+};
+
+template <typename Stream>
+class Call final : public CallBase {
+ public:
+  template <typename... StreamArgs>
+  Call(std::shared_ptr<HttpClientState> state, std::uint64_t id, HttpRequest request,
+       StreamHandlers handlers, bool buffer_all, StreamArgs&&... stream_args)
+      : CallBase(std::move(state), id, std::move(request), std::move(handlers), buffer_all),
+        stream_(std::forward<StreamArgs>(stream_args)...),
+        resolver_(state_->io) {}
+
+ private:
+  using Self = Call<Stream>;
+  static constexpr bool kUnix = std::is_same_v<Stream, asio::local::stream_protocol::socket>;
+  static constexpr bool kTls = std::is_same_v<Stream, asio::ssl::stream<asio::ip::tcp::socket>>;
+
+  std::shared_ptr<Self> self() { return std::static_pointer_cast<Self>(shared_from_this()); }
+
+  void connect() override {
+    if constexpr (kUnix) {
+      stream_.async_connect(asio::local::stream_protocol::endpoint(endpoint().socket_path),
+                            [self = self()](const ErrorCode& ec) {
+                              if (self->done_) {
+                                return;
+                              }
+                              if (ec) {
+                                self->finish(self->failure(ec, true));
+                                return;
+                              }
+                              self->onConnected();
+                            });
+    } else {
+      resolver_.async_resolve(
+          endpoint().host, endpoint().port,
+          [self = self()](const ErrorCode& ec, const asio::ip::tcp::resolver::results_type& found) {
+            if (self->done_) {
+              return;
+            }
+            if (ec) {
+              self->finish(self->failure(ec, true));
+              return;
+            }
+            asio::async_connect(beast::get_lowest_layer(self->stream_), found,
+                                [self](const ErrorCode& connect_ec, const auto&) {
+                                  if (self->done_) {
+                                    return;
+                                  }
+                                  if (connect_ec) {
+                                    self->finish(self->failure(connect_ec, true));
+                                    return;
+                                  }
+                                  self->handshake();
+                                });
+          });
+    }
+  }
+
+  void handshake() {
+    if constexpr (kTls) {
+      const std::string& host = endpoint().host;
+      ErrorCode not_an_address;
+      (void)asio::ip::make_address(host, not_an_address);
+      if (not_an_address) {
+        // SNI: a server with several names needs it to choose its certificate.
+        SSL_ctrl(stream_.native_handle(), SSL_CTRL_SET_TLSEXT_HOSTNAME, TLSEXT_NAMETYPE_host_name,
+                 const_cast<char*>(host.c_str()));
+      }
+      if (endpoint().tls.verify) {
+        stream_.set_verify_callback(asio::ssl::host_name_verification(host));
+      }
+      stream_.async_handshake(asio::ssl::stream_base::client, [self = self()](const ErrorCode& ec) {
+        if (self->done_) {
+          return;
+        }
+        if (ec) {
+          if (self->pending_error_) {
+            self->finish(*self->pending_error_);
+            return;
+          }
+          self->finish(makeError(ErrorKind::InfrastructureFailed,
+                                 "TLS handshake with " + self->service() + " at " +
+                                     self->endpoint().url + " failed: " + ec.message()));
+          return;
+        }
+        self->onConnected();
+      });
+    } else {
+      onConnected();
+    }
+  }
+
+  void write() override {
+    http::async_write(stream_, request_message_,
+                      [self = self()](const ErrorCode& ec, std::size_t) { self->onWritten(ec); });
+  }
+
+  void readHead() override {
+    http::async_read_header(
+        stream_, buffer_, parser_,
+        [self = self()](const ErrorCode& ec, std::size_t) { self->onHead(ec); });
+  }
+
+  void readBody() override {
+    http::async_read_some(stream_, buffer_, parser_,
+                          [self = self()](const ErrorCode& ec, std::size_t) { self->onBody(ec); });
+  }
+
+  void closeStream() override {
+    ErrorCode ignored;
+    if constexpr (!kUnix) {
+      resolver_.cancel();
+    }
+    auto& socket = beast::get_lowest_layer(stream_);
+    if (socket.is_open()) {
+      socket.shutdown(asio::socket_base::shutdown_both, ignored);
+      socket.close(ignored);
+    }
+  }
+
+  Stream stream_;
+  asio::ip::tcp::resolver resolver_;
+};
+
+void HttpClientState::cancelAll() {
+  std::vector<std::shared_ptr<CallBase>> live;
+  live.reserve(calls.size());
+  for (const auto& [id, weak] : calls) {
+    if (auto call = weak.lock()) {
+      live.push_back(std::move(call));
+    }
+  }
+  for (const auto& call : live) {
+    call->cancel();
+  }
+}
+
+namespace {
+
+/// A call that fails at once, for a client that was shut down or misconfigured.
+class FailedCall final : public HttpCall {
+ public:
+  void cancel() override {}
+};
+
+std::shared_ptr<HttpCall> startCall(const std::shared_ptr<HttpClientState>& state,
+                                    HttpRequest request, StreamHandlers handlers, bool buffer_all) {
+  const auto fail_now = [&](Error error) -> std::shared_ptr<HttpCall> {
+    asio::post(state->io, [on_done = std::move(handlers.on_done), error = std::move(error)] {
+      if (on_done) {
+        on_done(error);
+      }
+    });
+    return std::make_shared<FailedCall>();
+  };
+  if (state->closed) {
+    return fail_now(makeError(ErrorKind::Cancelled,
+                              "the client of " + state->options.service_name + " was shut down"));
+  }
+  const std::uint64_t id = state->next_id++;
+  std::shared_ptr<CallBase> call;
+  if (state->endpoint.transport == HttpEndpoint::Transport::Unix) {
+    call = std::make_shared<Call<asio::local::stream_protocol::socket>>(
+        state, id, std::move(request), std::move(handlers), buffer_all, state->io);
+  } else if (state->endpoint.tls.enabled) {
+    auto context = state->tlsContext();
+    if (!context) {
+      return fail_now(context.error());
+    }
+    call = std::make_shared<Call<asio::ssl::stream<asio::ip::tcp::socket>>>(
+        state, id, std::move(request), std::move(handlers), buffer_all, state->io, **context);
+  } else {
+    call = std::make_shared<Call<asio::ip::tcp::socket>>(
+        state, id, std::move(request), std::move(handlers), buffer_all, state->io);
+  }
+  state->add(id, call);
+  call->run();
+  return call;
+}
+
+}  // namespace
+
+HttpClient::HttpClient(asio::io_context& io, HttpEndpoint endpoint, HttpClientOptions options)
+    : state_(std::make_shared<HttpClientState>(io, std::move(endpoint), std::move(options))) {}
+
+HttpClient::~HttpClient() { cancelAll(); }
+
+std::shared_ptr<HttpCall> HttpClient::request(HttpRequest request,
+                                              std::function<void(Result<HttpResponse>)> done) {
+  StreamHandlers handlers;
+  handlers.on_done = std::move(done);
+  return startCall(state_, std::move(request), std::move(handlers), true);
+}
+
+std::shared_ptr<HttpCall> HttpClient::stream(HttpRequest request, StreamHandlers handlers) {
+  return startCall(state_, std::move(request), std::move(handlers), false);
+}
+
+void HttpClient::cancelAll() {
+  state_->closed = true;
+  state_->cancelAll();
+}
+
+const HttpEndpoint& HttpClient::endpoint() const { return state_->endpoint; }
+
+}  // namespace poolworker::backends::common
