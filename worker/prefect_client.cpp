@@ -467,6 +467,7 @@ asio::awaitable<Result<Json>> PrefectClient::call(Method method, const std::stri
   const int max_retries = options.max_retries.value_or(settings_.max_retries);
   int attempt = 0;
   bool csrf_retried = false;
+  bool write_retried = false;
   for (;;) {
     if (isMutating(method)) {
       if (auto csrf = co_await ensureCsrfToken(); !csrf) {
@@ -484,6 +485,13 @@ asio::awaitable<Result<Json>> PrefectClient::call(Method method, const std::stri
       const Error& err = response.error();
       if (err.kind != ErrorKind::Transient) {
         co_return err;
+      }
+      // A pooled keep-alive connection that the server closed while idle (uvicorn does after
+      // 5 s) fails while the request is being written: the server never saw it, so sending it
+      // again at once on a fresh connection is safe, even for a claim.
+      if (!write_retried && err.message.find("Failed to write request") != std::string::npos) {
+        write_retried = true;
+        continue;
       }
       // A connection error before anything ever worked means a wrong URL: fail fast.
       bool retryable = options.retry && has_succeeded_ && attempt < max_retries;
@@ -604,10 +612,11 @@ asio::awaitable<Result<Json>> PrefectClient::readFlow(const std::string& id) {
 
 asio::awaitable<Result<OrchestrationResult>> PrefectClient::setFlowRunState(const std::string& id,
                                                                             const Json& state,
-                                                                            bool force) {
+                                                                            bool force,
+                                                                            bool retry) {
   Json body = {{"state", state}, {"force", force}};
   auto answer = co_await call(Method::Post, "/flow_runs/" + encodePathSegment(id) + "/set_state",
-                              body, CallOptions("/flow_runs/{id}/set_state"));
+                              body, CallOptions("/flow_runs/{id}/set_state", retry));
   if (!answer) {
     co_return std::move(answer).error();
   }

@@ -136,7 +136,8 @@ class PrefectClient {
   asio::awaitable<Result<Json>> readFlow(const std::string& id);
   /// POST /flow_runs/{id}/set_state. The `state` object comes from `makeState`.
   asio::awaitable<Result<OrchestrationResult>> setFlowRunState(const std::string& id,
-                                                               const Json& state, bool force);
+                                                               const Json& state, bool force,
+                                                               bool retry = true);
   /// PATCH /flow_runs/{id} {"infrastructure_pid": ...}
   asio::awaitable<Result<Json>> setInfrastructurePid(const std::string& id, const std::string& pid);
   /// PATCH /flow_runs/{id}/labels

@@ -666,9 +666,9 @@ asio::awaitable<Result<Json>> Worker::cachedFlow(const std::string& id) {
 
 asio::awaitable<Result<prefect::OrchestrationResult>> Worker::propose(const std::string& id,
                                                                       const Json& state,
-                                                                      bool force) {
+                                                                      bool force, bool retry) {
   for (;;) {
-    auto result = co_await client_.setFlowRunState(id, state, force);
+    auto result = co_await client_.setFlowRunState(id, state, force, retry);
     if (!result || result->status != "WAIT") {
       co_return result;
     }
@@ -676,6 +676,9 @@ asio::awaitable<Result<prefect::OrchestrationResult>> Worker::propose(const std:
     co_await sleepFor(std::chrono::milliseconds(static_cast<long long>(delay * 1000)));
   }
 }
+
+// How old a poll answer may be when a run is claimed from it without reading the run again.
+constexpr auto kFreshPollAnswer = std::chrono::seconds(1);
 
 asio::awaitable<void> Worker::submitRun(std::shared_ptr<RunState> run) {
   const std::string deployment_id = str(run->flow_run, "deployment_id");
@@ -700,12 +703,26 @@ asio::awaitable<void> Worker::submitRun(std::shared_ptr<RunState> run) {
     deployment = std::move(read).value();
   }
 
+  // The server accepts PENDING again from a COMPLETED run that has no persisted result, so a
+  // claim built on a stale poll answer could start a run that another worker has already
+  // finished. Claim only a run that is still SCHEDULED, and never retry a claim later: a
+  // claim that fails leaves the run to the next poll, which sees its state afresh.
+  if (Clock::now() - run->started > kFreshPollAnswer) {
+    auto current = co_await client_.readFlowRun(run->id);
+    if (!current || stateType(*current) != "SCHEDULED") {
+      log_.debug("not claiming flow run '" + run->id + "': it is no longer SCHEDULED", run->id);
+      metrics_.inc("claims_lost_total", {{"reason", "stale"}});
+      releaseRun(run, nullptr);
+      co_return;
+    }
+  }
+
   // Claim: propose PENDING. The transition id is journalled first, so that after a crash the
   // next worker can tell whether the PENDING state it finds is our claim.
   Json pending = prefect::makeState("PENDING", "Pending", "", run->id);
   run->transition_id = transitionIdOf(pending);
   journal(run, RunPhase::Claiming);
-  auto claim = co_await propose(run->id, pending, false);
+  auto claim = co_await propose(run->id, pending, false, /*retry=*/false);
   if (!claim) {
     // The answer was lost; the server may have accepted. Its state tells.
     auto current = co_await client_.readFlowRun(run->id);

@@ -108,7 +108,8 @@ class Worker {
   asio::awaitable<void> markCancelled(const std::shared_ptr<RunState>& run,
                                       const std::string& message);
   asio::awaitable<Result<prefect::OrchestrationResult>> propose(const std::string& id,
-                                                                const Json& state, bool force);
+                                                                const Json& state, bool force,
+                                                                bool retry = true);
   void releaseRun(const std::shared_ptr<RunState>& run, const char* outcome);
   std::shared_ptr<LogSink> makeRunLog(const std::string& flow_run_id);
   void journal(const std::shared_ptr<RunState>& run, RunPhase phase);

@@ -431,6 +431,23 @@ TEST_F(WorkerIntegration, FlowThatExitsByItselfWhileCancellingEndsCancelled) {
   EXPECT_EQ(stateTypeOf(api_.flowRun(run)), "CANCELLED");
 }
 
+TEST_F(WorkerIntegration, StalePollAnswerNeverRestartsAFinishedRun) {
+  // The server accepts PENDING again from a COMPLETED run without a persisted result. A worker
+  // whose poll answer went stale (a slow deployment read here) while another worker ran the
+  // flow to COMPLETED must not claim it again.
+  std::string run = api_.createFlowRun(deployment("complete"));
+  api_.delayNext("GET", "/deployments/.*", 2500ms);
+  WorkerHarness worker(api_, {});
+  std::this_thread::sleep_for(600ms);
+  api_.setState(run, "PENDING");
+  api_.setState(run, "RUNNING");
+  api_.setState(run, "COMPLETED");
+  std::this_thread::sleep_for(4s);
+  EXPECT_EQ(stateTypeOf(api_.flowRun(run)), "COMPLETED");
+  EXPECT_EQ(acceptedPendingClaims(run), 1) << "the finished run was claimed again";
+  EXPECT_EQ(worker.metric("runs_started_total"), 0);
+}
+
 TEST_F(WorkerIntegration, SecondStopSignalCancelsRunningFlows) {
   std::string run = api_.createFlowRun(deployment("sleep:120"));
   WorkerHarness worker(api_, {});
