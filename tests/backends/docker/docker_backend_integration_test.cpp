@@ -70,8 +70,15 @@ class DockerBackendIntegration : public ::testing::Test {
     endpoint_ = *endpoint;
     engine_ = std::make_shared<EngineClient>(io_, endpoint_, EngineClientOptions{});
     auto image = call("GET", std::string("/images/") + kTestImage + "/json");
-    ASSERT_TRUE(image.ok()) << "the Docker engine at " << endpoint_.url
-                            << " does not answer: " << image.error().message;
+    if (!image.ok()) {
+      if (requireDocker()) {
+        FAIL() << "POOLWORKER_REQUIRE_DOCKER=1 but the Docker engine at " << endpoint_.url
+               << " does not answer: " << image.error().message;
+      }
+      GTEST_SKIP() << "the Docker engine at " << endpoint_.url
+                   << " does not answer (the Docker integration tests are skipped): "
+                   << image.error().message;
+    }
     if (image->status == 404) {
       if (requireDocker()) {
         FAIL() << "the test image " << kTestImage
