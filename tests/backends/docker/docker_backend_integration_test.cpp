@@ -478,9 +478,13 @@ TEST_F(DockerBackendIntegration, KillStopsPolitelyFirst) {
 
 TEST_F(DockerBackendIntegration, KillForcesAContainerThatIgnoresTheStopAfterTheGrace) {
   auto sink = std::make_shared<RecordingSink>();
-  // PID 1 ignores SIGTERM unless it handles it: only SIGKILL ends this one.
-  auto handle = start(request("sleep 600"), sink);
+  // PID 1 ignores SIGTERM unless it handles it: only SIGKILL ends this one. The stop waits for
+  // "ready": a signal that arrives while the engine is still setting the process up kills it.
+  auto handle = start(request("sh -c 'echo ready; exec sleep 600'"), sink);
   ASSERT_TRUE(handle.ok()) << handle.error().message;
+  ASSERT_TRUE(runUntil(
+      io_, [&] { return sink->out().find("ready") != std::string::npos; },
+      std::chrono::seconds(60)));
   std::optional<Result<Outcome>> outcome;
   backend_->wait(*handle, sink,
                  [&](Result<Outcome> result) { outcome.emplace(std::move(result)); });
