@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import pytest
-from conftest import DOCKER_PREFECT_IMAGE
+from conftest import DOCKER_PREFECT_IMAGE, WORKER_KIND
 from prefect.client.schemas.objects import StateType
 from prefect_helpers import FLOWS_DIR, PrefectApi, wait_until
 
@@ -36,8 +36,9 @@ FLOWS_VOLUME = f"{FLOWS_DIR}:{FLOWS_DIR}:ro"
 
 
 @pytest.fixture(autouse=True)
-def _docker(docker_client) -> None:
-    """Every test here needs the engine and the image (skips or fails without them)."""
+def _docker(docker_client, pool_containers) -> None:
+    """Every test here needs the engine and the image (skips or fails without them), and
+    leaves no container behind."""
 
 
 @pytest.fixture
@@ -134,18 +135,53 @@ def test_raising_flow_ends_failed(api: PrefectApi, worker, pool_name: str) -> No
 def test_container_exiting_3_ends_crashed_with_the_code(
     api: PrefectApi, worker, pool_name: str
 ) -> None:
+    # The container's own process exits 3 before any flow code runs, so only the worker can
+    # report it. (A flow that exits 3 under `prefect flow-run execute` is reported CRASHED by
+    # the engine itself, whose container then exits 0.)
     api.create_docker_pool(pool_name)
     run = api.create_run(
-        api.create_deployment(pool_name, "crash_exit3", job_variables=job_variables())
+        api.create_deployment(
+            pool_name, "hello", job_variables=job_variables(command="sh -c 'exit 3'")
+        )
     )
     worker(pool_name, worker_type="docker")
 
     final = api.wait_for_final(run.id, timeout=RUN_TIMEOUT)
 
     assert final.state.type == StateType.CRASHED, final.state
+    assert_names_exit_code_3(final.state.message)
+
+
+def test_exit_code_without_stream_output_and_with_auto_remove(
+    api: PrefectApi, worker, pool_name: str
+) -> None:
+    if WORKER_KIND == "prefect":
+        pytest.skip(
+            "Prefect's worker: without stream_output it reads the exit code from an inspect made "
+            "before the exit (0), so the run is never reported"
+        )
+    api.create_docker_pool(pool_name)
+    run = api.create_run(
+        api.create_deployment(
+            pool_name,
+            "hello",
+            job_variables=job_variables(
+                command="sh -c 'sleep 2; exit 3'", stream_output=False, auto_remove=True
+            ),
+        )
+    )
+    worker(pool_name, worker_type="docker")
+
+    final = api.wait_for_final(run.id, timeout=RUN_TIMEOUT)
+
+    assert final.state.type == StateType.CRASHED, final.state
+    assert_names_exit_code_3(final.state.message)
+
+
+def assert_names_exit_code_3(message: Optional[str]) -> None:
     # "3" as a number of its own: not part of "3.8.8", "30" or a uuid.
-    assert re.search(r"(?<![\w.-])3(?![\w-]|\.\d)", final.state.message or ""), (
-        f"exit code 3 not named in the state message {final.state.message!r}"
+    assert re.search(r"(?<![\w.-])3(?![\w-]|\.\d)", message or ""), (
+        f"exit code 3 not named in the state message {message!r}"
     )
 
 
