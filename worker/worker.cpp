@@ -828,6 +828,28 @@ asio::awaitable<Result<void>> Worker::continueClaimedRun(std::shared_ptr<RunStat
       },
       asio::detached);
 
+  // Prefect's server on SQLite can accept two concurrent claims of one run (nothing locks the
+  // row), and it accepts the named PENDING state below from a PENDING or a finished run. So go
+  // on only while the run's current state is still this worker's own claim: of two accepted
+  // claims only the later one is current, so exactly one worker passes.
+  if (auto current = co_await client_.readFlowRun(run->id); current) {
+    const Json state = current->value("state", Json());
+    const std::string type = stateType(*current);
+    const bool our_claim =
+        type == "PENDING" && (transitionIdOf(state) == run->transition_id ||
+                              (run->recovered && str(state, "name") == "Submitting"));
+    if (type == "CANCELLING" || type == "CANCELLED") {
+      run->cancel_requested = true;
+    } else if (!our_claim) {
+      log_.info("Not starting flow run '" + run->id + "': another worker's claim of it won (" +
+                    (type.empty() ? std::string("no state") : type) + ")",
+                run->id);
+      metrics_.inc("claims_lost_total", {{"reason", "race"}});
+      releaseRun(run, nullptr);
+      co_return success();
+    }
+  }
+
   // Submitting tells the UI the run is being started, and its answer tells us whether the run
   // was cancelled while we prepared it.
   auto submitting =
