@@ -8,9 +8,9 @@ Result<void> BackendRegistry::add(BackendFactoryPtr factory) {
     return makeError(ErrorKind::InvalidConfiguration, "a backend has an empty name");
   }
   if (factories_.contains(name)) {
-    return makeError(ErrorKind::InvalidConfiguration,
-                     "a backend named '" + name + "' is already registered (from " +
-                         factories_.at(name)->info().origin + ")");
+    return makeError(ErrorKind::InvalidConfiguration, "a backend named '" + name +
+                                                          "' is already registered (from " +
+                                                          factories_.at(name)->info().origin + ")");
   }
   factories_.emplace(std::move(name), std::move(factory));
   return success();

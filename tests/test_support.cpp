@@ -1,11 +1,11 @@
 #include "tests/test_support.h"
 
-#include <gtest/gtest.h>
-#include <stdlib.h>
-
 #include <fstream>
 #include <sstream>
 #include <system_error>
+
+#include <gtest/gtest.h>
+#include <stdlib.h>
 
 namespace poolworker::testing {
 

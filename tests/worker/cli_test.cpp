@@ -7,8 +7,8 @@ namespace {
 
 TEST(Cli, StartFlagsLikePrefectWorkerStart) {
   auto cmd = parse({"start", "--pool", "p", "-q", "a", "--work-queue=b", "-n", "w", "-l", "3",
-                    "--prefetch-seconds", "5", "--run-once", "-t", "process",
-                    "--base-job-template", "t.json", "--with-healthcheck"});
+                    "--prefetch-seconds", "5", "--run-once", "-t", "process", "--base-job-template",
+                    "t.json", "--with-healthcheck"});
   ASSERT_TRUE(cmd) << cmd.error().message;
   EXPECT_EQ(cmd->name, "start");
   EXPECT_EQ(*cmd->start.pool, "p");

@@ -1,9 +1,9 @@
 #include "worker/journal.h"
 
-#include <gtest/gtest.h>
-
 #include <filesystem>
 #include <fstream>
+
+#include <gtest/gtest.h>
 
 #include "tests/test_support.h"
 

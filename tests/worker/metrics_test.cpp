@@ -19,12 +19,15 @@ TEST(Metrics, RendersPrometheusText) {
   EXPECT_NE(text.find("# HELP poolworker_runs_started_total Runs started."), std::string::npos);
   EXPECT_NE(text.find("# TYPE poolworker_runs_started_total counter"), std::string::npos);
   EXPECT_NE(text.find("poolworker_runs_started_total 2\n"), std::string::npos);
-  EXPECT_NE(text.find("poolworker_api_requests_total{endpoint=\"/flow_runs/{id}\",status=\"200\"} 1"),
-            std::string::npos);
-  EXPECT_NE(text.find("poolworker_api_request_duration_seconds_bucket{endpoint=\"/x\",le=\"0.025\"} 1"),
-            std::string::npos);
-  EXPECT_NE(text.find("poolworker_api_request_duration_seconds_bucket{endpoint=\"/x\",le=\"0.01\"} 0"),
-            std::string::npos);
+  EXPECT_NE(
+      text.find("poolworker_api_requests_total{endpoint=\"/flow_runs/{id}\",status=\"200\"} 1"),
+      std::string::npos);
+  EXPECT_NE(
+      text.find("poolworker_api_request_duration_seconds_bucket{endpoint=\"/x\",le=\"0.025\"} 1"),
+      std::string::npos);
+  EXPECT_NE(
+      text.find("poolworker_api_request_duration_seconds_bucket{endpoint=\"/x\",le=\"0.01\"} 0"),
+      std::string::npos);
   EXPECT_NE(text.find("poolworker_api_request_duration_seconds_count{endpoint=\"/x\"} 1"),
             std::string::npos);
   EXPECT_NE(text.find("poolworker_runs_in_flight 7"), std::string::npos);
