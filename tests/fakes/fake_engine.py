@@ -15,8 +15,15 @@ without loading any flow:
    sleep:<seconds>   sleep, then complete; SIGTERM kills it like Python's default (-15)
    sleep-exit:<seconds>:<code>   sleep, then exit with <code> and no final state
    env-dump:<path>   write the environment as a JSON object to <path>, then complete
+   wait-file:<path>  wait until <path> exists (polling it, without calling the API), then
+                     complete; after FAKE_ENGINE_WAIT_TIMEOUT seconds (default 900) without
+                     it, exit 3 with no final state
 
 With FAKE_ENGINE_PID_FILE set, it first writes its process id to that file.
+With FAKE_ENGINE_MARK_DIR set, it appends one line per event to <dir>/<flow run id>:
+"launched <pid>" when it starts, "running <pid>" once RUNNING was accepted (the flow body
+executes), "final <pid> <STATE> <status>" after it proposed the final state. Each line is one
+O_APPEND write, so concurrent engines of one run never interleave lines.
 """
 
 import base64
@@ -111,11 +118,34 @@ class Api:
         self.call("POST", "/logs/", [entry])
 
 
+def mark(run_id, event, detail=""):
+    """Appends "<event> <pid> <detail>" to this run's marker file (FAKE_ENGINE_MARK_DIR)."""
+    directory = os.environ.get("FAKE_ENGINE_MARK_DIR")
+    if not directory or not run_id:
+        return
+    line = f"{event} {os.getpid()} {detail}".rstrip()
+    fd = os.open(os.path.join(directory, run_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def wait_for_file(path):
+    deadline = time.monotonic() + float(os.environ.get("FAKE_ENGINE_WAIT_TIMEOUT", "900"))
+    while not os.path.exists(path):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
 def main():
     run_id = os.environ.get("PREFECT__FLOW_RUN_ID") or (sys.argv[1] if len(sys.argv) > 1 else "")
     if not run_id:
         print("fake_engine: no flow run id", file=sys.stderr)
         return 1
+    mark(run_id, "launched")
     mode = os.environ.get("FAKE_ENGINE_MODE", "complete")
     pid_file = os.environ.get("FAKE_ENGINE_PID_FILE")
     if pid_file:
@@ -133,6 +163,7 @@ def main():
                                        (result["state"] or {}).get("type") != "RUNNING"):
         print(f"fake_engine: not running: {result['details']}", file=sys.stderr)
         return 0
+    mark(run_id, "running")
     api.log(run_id, f"fake engine running in mode {mode}")
 
     if mode == "fail":
@@ -149,10 +180,15 @@ def main():
     elif mode.startswith("env-dump:"):
         with open(mode.split(":", 1)[1], "w", encoding="utf-8") as out:
             json.dump(dict(os.environ), out)
+    elif mode.startswith("wait-file:"):
+        if not wait_for_file(mode.split(":", 1)[1]):
+            print(f"fake_engine: {mode.split(':', 1)[1]} did not appear", file=sys.stderr)
+            return 3
     elif mode != "complete":
         print(f"fake_engine: unknown FAKE_ENGINE_MODE {mode!r}", file=sys.stderr)
         return 2
-    api.propose(run_id, "COMPLETED", "Finished in state Completed()")
+    result = api.propose(run_id, "COMPLETED", "Finished in state Completed()")
+    mark(run_id, "final", f"COMPLETED {result['status']}")
     return 0
 
 
