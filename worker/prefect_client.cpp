@@ -17,6 +17,14 @@ namespace {
 
 constexpr const char* kApiVersion = "0.8.4";
 
+// cpprestsdk reuses a pooled keep-alive connection that the server closed while it was idle
+// (uvicorn closes them after 5 s); the request then fails while it is being written, before the
+// server saw any of it.
+bool neverSent(const Error& err) {
+  return err.kind == ErrorKind::Transient &&
+         err.message.find("Failed to write request") != std::string::npos;
+}
+
 const char* methodName(Method m) {
   switch (m) {
     case Method::Get:
@@ -418,8 +426,8 @@ asio::awaitable<Result<PrefectClient::RawResponse>> PrefectClient::sendOnce(
   double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   if (observer_) {
-    observer_(methodName(method), endpoint.empty() ? path : endpoint, result ? result->status : 0,
-              seconds);
+    int status = result ? result->status : (neverSent(result.error()) ? kNotSent : 0);
+    observer_(methodName(method), endpoint.empty() ? path : endpoint, status, seconds);
   }
   co_return result;
 }
@@ -489,7 +497,7 @@ asio::awaitable<Result<Json>> PrefectClient::call(Method method, const std::stri
       // A pooled keep-alive connection that the server closed while idle (uvicorn does after
       // 5 s) fails while the request is being written: the server never saw it, so sending it
       // again at once on a fresh connection is safe, even for a claim.
-      if (!write_retried && err.message.find("Failed to write request") != std::string::npos) {
+      if (!write_retried && neverSent(err)) {
         write_retried = true;
         continue;
       }
@@ -590,6 +598,11 @@ asio::awaitable<Result<Json>> PrefectClient::getScheduledFlowRuns(
 asio::awaitable<Result<Json>> PrefectClient::readFlowRun(const std::string& id) {
   co_return co_await call(Method::Get, "/flow_runs/" + encodePathSegment(id), std::nullopt,
                           CallOptions("/flow_runs/{id}"));
+}
+
+asio::awaitable<Result<Json>> PrefectClient::readFlowRunStates(const std::string& id) {
+  co_return co_await call(Method::Get, "/flow_run_states/?flow_run_id=" + encodePathSegment(id),
+                          std::nullopt, CallOptions("/flow_run_states/"));
 }
 
 asio::awaitable<Result<Json>> PrefectClient::readDeployment(const std::string& id) {

@@ -30,7 +30,11 @@ namespace poolworker::prefect {
 enum class Method { Get, Post, Patch, Delete };
 
 /// @brief Called after every HTTP exchange, for metrics: method, endpoint template (e.g.
-/// "/flow_runs/{id}/set_state"), status (0 for a transport error) and duration in seconds.
+/// "/flow_runs/{id}/set_state"), status (0 for a transport error, `kNotSent` for a request
+/// that never left: a pooled connection the server had closed, resent at once) and duration.
+/// @brief Status given to the observer for a request the server never received.
+inline constexpr int kNotSent = -1;
+
 using RequestObserver =
     std::function<void(const char* method, const std::string& endpoint, int status, double seconds)>;
 
@@ -127,6 +131,8 @@ class PrefectClient {
                                                      std::chrono::system_clock::time_point before);
   /// GET /flow_runs/{id}
   asio::awaitable<Result<Json>> readFlowRun(const std::string& id);
+  /// GET /flow_run_states/?flow_run_id= (every state of the run, oldest first)
+  asio::awaitable<Result<Json>> readFlowRunStates(const std::string& id);
   /// GET /deployments/{id}
   asio::awaitable<Result<Json>> readDeployment(const std::string& id);
   /// GET /deployments/name/{flow}/{deployment}

@@ -137,6 +137,9 @@ Worker::Worker(asio::io_context& io, Settings settings, prefect::PrefectClient& 
                     "Journalled runs settled at start-up, by outcome.");
   metrics_.describe("api_requests_total", T::Counter,
                     "Requests to the Prefect API by method, endpoint and status.");
+  metrics_.describe("api_requests_resent_total", T::Counter,
+                    "Requests resent at once because a pooled connection had been closed by "
+                    "the server before they were sent.");
   metrics_.describe("api_request_duration_seconds", T::Histogram,
                     "Duration of requests to the Prefect API.");
   metrics_.gaugeFunction("runs_in_flight", "Flow runs held by this worker now.",
@@ -151,6 +154,10 @@ Worker::Worker(asio::io_context& io, Settings settings, prefect::PrefectClient& 
                          [this] { return ready_ ? 1.0 : 0.0; });
   client_.setObserver(
       [this](const char* method, const std::string& endpoint, int status, double seconds) {
+        if (status == prefect::kNotSent) {
+          metrics_.inc("api_requests_resent_total", {{"method", method}, {"endpoint", endpoint}});
+          return;
+        }
         Labels labels = {
             {"method", method}, {"endpoint", endpoint}, {"status", std::to_string(status)}};
         metrics_.inc("api_requests_total", labels);
@@ -762,6 +769,28 @@ asio::awaitable<void> Worker::submitRun(std::shared_ptr<RunState> run) {
   (void)result;
 }
 
+asio::awaitable<std::optional<Json>> Worker::finishedBeforeOurClaim(
+    std::shared_ptr<RunState> run) {
+  auto history = co_await client_.readFlowRunStates(run->id);
+  if (!history || !history->is_array()) {
+    // Without the history the check above (our claim is the current state) stands alone.
+    co_return std::nullopt;
+  }
+  const Json* previous = nullptr;
+  for (const Json& state : *history) {
+    if (state.is_object() && transitionIdOf(state) == run->transition_id &&
+        str(state, "type") == "PENDING") {
+      if (previous && (str(*previous, "type") == "COMPLETED" ||
+                       str(*previous, "type") == "FAILED" || str(*previous, "type") == "CRASHED")) {
+        co_return *previous;
+      }
+      co_return std::nullopt;
+    }
+    previous = &state;
+  }
+  co_return std::nullopt;
+}
+
 asio::awaitable<Result<void>> Worker::continueClaimedRun(std::shared_ptr<RunState> run) {
   const std::string deployment_id = str(run->flow_run, "deployment_id");
   Json deployment;
@@ -845,6 +874,21 @@ asio::awaitable<Result<void>> Worker::continueClaimedRun(std::shared_ptr<RunStat
                     (type.empty() ? std::string("no state") : type) + ")",
                 run->id);
       metrics_.inc("claims_lost_total", {{"reason", "race"}});
+      releaseRun(run, nullptr);
+      co_return success();
+    } else if (auto ended = co_await finishedBeforeOurClaim(run); ended) {
+      // The server accepts PENDING from a finished run without a persisted result, so a claim
+      // that reached it after another worker had already run the flow to its end was accepted.
+      // Put the run back in the state it ended in instead of running it a second time.
+      const std::string ended_type = str(*ended, "type");
+      log_.info("Not starting flow run '" + run->id + "': it had already ended " + ended_type +
+                    " when this worker's claim reached the server; restoring that state",
+                run->id);
+      Json restore = prefect::makeState(ended_type, str(*ended, "name"), str(*ended, "message"),
+                                        run->id);
+      restore["data"] = ended->value("data", Json());
+      co_await propose(run->id, restore, true);
+      metrics_.inc("claims_lost_total", {{"reason", "finished"}});
       releaseRun(run, nullptr);
       co_return success();
     }

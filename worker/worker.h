@@ -100,6 +100,9 @@ class Worker {
   asio::awaitable<void> settleJournalEntry(JournalEntry entry);
   asio::awaitable<void> shutdown();
   asio::awaitable<Result<void>> continueClaimedRun(std::shared_ptr<RunState> run);
+  // The state the run had ended in just before this worker's accepted claim (COMPLETED, FAILED
+  // or CRASHED), read from its state history; nullopt when the claim followed a live state.
+  asio::awaitable<std::optional<Json>> finishedBeforeOurClaim(std::shared_ptr<RunState> run);
 
   asio::awaitable<Result<Json>> cachedDeployment(const std::string& id);
   asio::awaitable<Result<Json>> cachedFlow(const std::string& id);

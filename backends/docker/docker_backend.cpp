@@ -825,37 +825,44 @@ class DockerBackend::Core : public std::enable_shared_from_this<DockerBackend::C
 
   /// After a broken wait: is the container still there, and how is it?
   void recheck(const std::shared_ptr<Watch>& watch) {
-    engine_->request("GET", "/containers/" + watch->ref.id + "/json", std::nullopt,
-                     [this, self = shared_from_this(), watch](Result<HttpResponse> answer) {
-                       if (watch->abandoned) {
-                         return;
-                       }
-                       if (!answer) {
-                         if (answer.error().kind == ErrorKind::Cancelled) {
-                           return settle(watch, answer.error());
-                         }
-                         return scheduleRecheck(watch);
-                       }
-                       if (answer->status == 404) {
-                         return settle(watch, goneOutcome(watch->ref));
-                       }
-                       if (!isSuccess(answer->status)) {
-                         if (answer->status >= 500) {
-                           return scheduleRecheck(watch);
-                         }
-                         return settle(watch,
-                                       engineError(*answer, "inspecting the Docker container " +
-                                                                watch->ref.display() + " failed"));
-                       }
-                       const Json inspect = Json::parse(answer->body, nullptr, false);
-                       if (!inspect.is_object()) {
-                         return scheduleRecheck(watch);
-                       }
-                       if (isRunningStatus(statusOf(inspect))) {
-                         return issueWait(watch, "not-running", nullptr);
-                       }
-                       settle(watch, outcomeFromState(inspect["State"]));
-                     });
+    engine_->request(
+        "GET", "/containers/" + watch->ref.id + "/json", std::nullopt,
+        [this, self = shared_from_this(), watch](Result<HttpResponse> answer) {
+          if (watch->abandoned) {
+            return;
+          }
+          if (!answer) {
+            if (answer.error().kind == ErrorKind::Cancelled) {
+              return settle(watch, answer.error());
+            }
+            return scheduleRecheck(watch);
+          }
+          if (answer->status == 404) {
+            return settle(watch, goneOutcome(watch->ref));
+          }
+          if (!isSuccess(answer->status)) {
+            if (answer->status >= 500) {
+              return scheduleRecheck(watch);
+            }
+            return settle(watch, engineError(*answer, "inspecting the Docker container " +
+                                                          watch->ref.display() + " failed"));
+          }
+          const Json inspect = Json::parse(answer->body, nullptr, false);
+          if (!inspect.is_object()) {
+            return scheduleRecheck(watch);
+          }
+          if (isRunningStatus(statusOf(inspect))) {
+            return issueWait(watch, "not-running", nullptr);
+          }
+          Outcome outcome = outcomeFromState(inspect["State"]);
+          watch->say(
+              LogLevel::Info,
+              "Docker container " + watch->ref.display() + " has status '" + statusOf(inspect) +
+                  "'" +
+                  (outcome.exit_code ? " (exit code " + std::to_string(*outcome.exit_code) + ")"
+                                     : std::string()));
+          settle(watch, std::move(outcome));
+        });
   }
 
   static Outcome goneOutcome(const ContainerRef& ref) {

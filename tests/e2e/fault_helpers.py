@@ -498,3 +498,202 @@ def kill_worker(worker: WorkerProcess) -> None:
     """SIGKILL to the worker process alone (its flows run in sessions of their own)."""
     os.kill(worker.pid, signal.SIGKILL)
     worker.process.wait(timeout=10)
+
+
+# ---- a faulty network in front of the Prefect server and the Docker engine -------------------
+
+
+class FaultProxy:
+    """An HTTP reverse proxy in front of a Prefect server that injects faults into the requests
+    of one client, recognised by its User-Agent (poolworker's by default), and passes every
+    other request (the flow runs' own) through untouched.
+
+    `burst(seconds, ratio)` answers that share of the client's requests with 503 for a while;
+    `delay(seconds, count, path)` holds the next `count` matching requests for `seconds` before
+    forwarding them (a server that answers late). `url` is the proxy's API URL."""
+
+    def __init__(self, upstream_url: str, target_agent: str = "poolworker/") -> None:
+        import http.client
+        import http.server
+        import random
+        import socketserver
+        import threading
+        import urllib.parse
+
+        upstream = urllib.parse.urlsplit(upstream_url)
+        self._lock = threading.Lock()
+        self._burst_until = 0.0
+        self._burst_ratio = 0.0
+        self._delays: list[list[Any]] = []  # [seconds, remaining, compiled path regex]
+        self.failed = 0
+        self.delayed = 0
+        self.passed = 0
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:  # quiet
+                pass
+
+            def _fault(self) -> tuple[str, float]:
+                if not self.headers.get("User-Agent", "").startswith(target_agent):
+                    return "pass", 0.0
+                with proxy._lock:
+                    now = time.monotonic()
+                    if now < proxy._burst_until and random.random() < proxy._burst_ratio:
+                        proxy.failed += 1
+                        return "fail", 0.0
+                    for rule in proxy._delays:
+                        if rule[1] > 0 and rule[2].search(self.path):
+                            rule[1] -= 1
+                            proxy.delayed += 1
+                            return "delay", rule[0]
+                    return "pass", 0.0
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                action, seconds = self._fault()
+                if action == "fail":
+                    payload = b'{"exception_message":"Service Unavailable"}'
+                    self.send_response(503)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                if action == "delay":
+                    time.sleep(seconds)
+                with proxy._lock:
+                    proxy.passed += 1
+                connection = http.client.HTTPConnection(upstream.hostname, upstream.port,
+                                                        timeout=120)
+                try:
+                    headers = {k: v for k, v in self.headers.items()
+                               if k.lower() not in ("host", "connection", "keep-alive")}
+                    connection.request(self.command, self.path, body=body, headers=headers)
+                    answer = connection.getresponse()
+                    payload = answer.read()
+                    self.send_response(answer.status)
+                    for key, value in answer.getheaders():
+                        if key.lower() not in ("transfer-encoding", "connection", "keep-alive",
+                                               "content-length"):
+                            self.send_header(key, value)
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                finally:
+                    connection.close()
+
+            do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _handle
+
+        class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+            daemon_threads = True
+
+        self._server = Server(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}{upstream.path}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def burst(self, seconds: float, ratio: float = 1.0) -> None:
+        with self._lock:
+            self._burst_until = time.monotonic() + seconds
+            self._burst_ratio = ratio
+
+    def delay(self, seconds: float, count: int, path: str = ".*") -> None:
+        with self._lock:
+            self._delays.append([seconds, count, re.compile(path)])
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class UnixSocketProxy:
+    """Forwards a unix socket of the test's to the Docker engine's, byte for byte, and can cut
+    every connection and stop listening for a while (`cut()`, `restore()`): to the worker this
+    is the engine's socket closing mid-run and coming back."""
+
+    def __init__(self, path: Path, target: str = "/var/run/docker.sock") -> None:
+        import threading
+
+        self.path = path
+        self.target = target
+        self._lock = threading.Lock()
+        self._connections: list[Any] = []
+        self._listener: Any = None
+        self.cuts = 0
+        self.restore()
+
+    def _serve(self, listener: Any) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                upstream.connect(self.target)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._connections += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: Any, sink: Any) -> None:
+        import socket
+
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                sink.sendall(data)
+        except OSError:
+            pass
+        for end in (source, sink):
+            try:
+                end.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def restore(self) -> None:
+        import socket
+        import threading
+
+        if self.path.exists():
+            self.path.unlink()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(self.path))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._serve, args=(listener,), daemon=True).start()
+
+    def cut(self) -> int:
+        """Closes the listening socket and every open connection; returns how many were open."""
+        import socket
+
+        self.cuts += 1
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() of _serve
+        except OSError:
+            pass
+        self._listener.close()
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            connection.close()
+        if self.path.exists():
+            self.path.unlink()
+        return len(connections) // 2

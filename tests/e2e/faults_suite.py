@@ -25,12 +25,16 @@ import signal
 import time
 from pathlib import Path
 from typing import Callable, Iterator, Optional
+from uuid import UUID
 
 import pytest
-from conftest import WORKER_KIND, _free_port, _test_failed
+from conftest import DOCKER_PREFECT_IMAGE, WORKER_KIND, _free_port, _test_failed
 from fault_helpers import (
+    FAKE_ENGINE,
     Audit,
+    FaultProxy,
     OwnServer,
+    UnixSocketProxy,
     ResultsTable,
     assert_no_loss,
     audit_runs,
@@ -144,6 +148,135 @@ def test_sigkill_with_20_runs_in_flight_then_restart_on_same_state_dir(
         timeout=30,
         what=f"the restarted worker to count {total} completed runs",
     )
+
+
+# 1b --------------------------------------------------------------------------------------------
+
+
+def docker_fake_engine_deployment(
+    api: PrefectApi, pool: str, mode: str, marks: Path, shared: Path
+) -> UUID:
+    """A Docker deployment whose runs are fake engines in the test image: the fake engine's
+    folder is mounted read-only, `marks` and `shared` (gate files) read-write."""
+    marks.mkdir(parents=True, exist_ok=True)
+    shared.mkdir(parents=True, exist_ok=True)
+    fakes = FAKE_ENGINE.parent
+    variables = {
+        "image": DOCKER_PREFECT_IMAGE,
+        "command": f"python3 {FAKE_ENGINE}",
+        "volumes": [f"{fakes}:{fakes}:ro", f"{marks}:{marks}", f"{shared}:{shared}"],
+        "env": {"FAKE_ENGINE_MODE": mode, "FAKE_ENGINE_MARK_DIR": str(marks)},
+    }
+    return api.create_deployment(pool, "hello", name=f"fake-docker-{pool}",
+                                 job_variables=variables)
+
+
+def running_containers(docker_client, pool: str) -> list:
+    return docker_client.containers.list(
+        filters={"label": f"io.prefect.work-pool-name={pool}", "status": "running"}
+    )
+
+
+def test_sigkill_with_5_docker_runs_in_flight_then_restart_on_same_state_dir(
+    api: PrefectApi, worker, docker_client, pool_name: str, tmp_path: Path, report
+) -> None:
+    poolworker_only("re-attaching runs after a restart needs poolworker's --state-dir journal")
+    began = time.monotonic()
+    total = 5
+    marks = tmp_path / "marks"
+    gate = tmp_path / "shared" / "gate"
+    api.create_docker_pool(pool_name)
+    deployment = docker_fake_engine_deployment(api, pool_name, f"wait-file:{gate}", marks,
+                                               gate.parent)
+    run_ids = create_runs(api, deployment, total)
+    try:
+        first = worker(pool_name, worker_type="docker")
+        wait_for_running(api, run_ids, marks, timeout=240)
+        kill_worker(first)
+        assert first.process.returncode == -signal.SIGKILL
+        assert len(running_containers(docker_client, pool_name)) == total, (
+            "flow containers died with their worker"
+        )
+        second = relaunch_worker(worker, first)
+        lines = wait_for_output(second, REATTACHED, count=total, timeout=60)
+        assert len(lines) == total, lines
+        gate.touch()
+        audit = audit_runs(api, run_ids, marks, timeout=180)
+        report(audit, began)
+        assert_no_loss(audit)
+        assert second.alive(), second.output()
+    finally:
+        for container in docker_client.containers.list(
+            all=True, filters={"label": f"io.prefect.work-pool-name={pool_name}"}
+        ):
+            container.remove(force=True)
+
+
+def test_docker_engine_socket_closed_mid_run(
+    api: PrefectApi, worker, docker_client, pool_name: str, tmp_path: Path, report
+) -> None:
+    """The worker reaches the engine through a socket of the test's, which is cut (every
+    connection closed, nothing listening) for 20 s while 4 containers run, then restored."""
+    began = time.monotonic()
+    total = 4
+    marks = tmp_path / "marks"
+    gate = tmp_path / "shared" / "gate"
+    api.create_docker_pool(pool_name)
+    deployment = docker_fake_engine_deployment(api, pool_name, f"wait-file:{gate}", marks,
+                                               gate.parent)
+    proxy = UnixSocketProxy(tmp_path / "docker.sock")
+    run_ids = create_runs(api, deployment, total)
+    try:
+        started = worker(pool_name, worker_type="docker",
+                         env={"DOCKER_HOST": f"unix://{proxy.path}"})
+        wait_for_running(api, run_ids, marks, timeout=240)
+        cut = proxy.cut()
+        assert cut >= total, f"only {cut} engine connections were open: no wait per run?"
+        time.sleep(20)
+        assert started.alive(), f"the worker died without its engine:\n{started.output()}"
+        proxy.restore()
+        gate.touch()
+        audit = audit_runs(api, run_ids, marks, timeout=180)
+        report(audit, began)
+        assert_no_loss(audit)
+        assert started.alive(), started.output()
+        # The worker followed the containers to their end through the restored socket.
+        wait_for_output(started, r"has status 'exited'", count=total, timeout=60)
+    finally:
+        for container in docker_client.containers.list(
+            all=True, filters={"label": f"io.prefect.work-pool-name={pool_name}"}
+        ):
+            container.remove(force=True)
+
+
+def test_5xx_bursts_and_a_server_that_answers_after_20_seconds(
+    api: PrefectApi, worker, prefect_server, pool_name: str, tmp_path: Path, report
+) -> None:
+    """The worker talks to the real server through a proxy that answers half its requests with
+    503 for 20 s, then holds its next claims and polls for 20 s before answering. The flow runs
+    talk to the server through the same proxy untouched (only the worker's requests are hit)."""
+    began = time.monotonic()
+    marks = tmp_path / "marks"
+    api.create_process_pool(pool_name)
+    deployment = fake_engine_deployment(api, pool_name, "complete", marks)
+    proxy = FaultProxy(prefect_server.url)
+    worker.api_url = proxy.url
+    try:
+        started = worker(pool_name)
+        proxy.burst(seconds=20, ratio=0.5)
+        first = create_runs(api, deployment, 10)
+        time.sleep(20)
+        proxy.delay(20, count=4, path=r"/set_state$|/get_scheduled_flow_runs$")
+        second = create_runs(api, deployment, 10)
+        audit = audit_runs(api, first + second, marks, timeout=240)
+        report(audit, began)
+        print(f"proxy: {proxy.failed} answered 503, {proxy.delayed} held 20 s, "
+              f"{proxy.passed} passed")
+        assert_no_loss(audit)
+        assert proxy.failed > 0 and proxy.delayed == 4, "the faults were never injected"
+        assert started.alive(), started.output()
+    finally:
+        proxy.close()
 
 
 # 2 ---------------------------------------------------------------------------------------------

@@ -1443,6 +1443,7 @@ struct FakePrefect::Impl {
   http::Response readWorkQueue(Context& context, const Json& body);
   http::Response filterFlowRuns(Context& context, const Json& body);
   http::Response readFlowRun(Context& context, const Json& body);
+  http::Response readFlowRunStates(Context& context, const Json& body);
   http::Response updateFlowRunRoute(Context& context, const Json& body);
   http::Response updateFlowRunLabels(Context& context, const Json& body);
   http::Response setFlowRunState(Context& context, const Json& body);
@@ -1581,6 +1582,7 @@ const std::vector<FakePrefect::Impl::RouteDef>& FakePrefect::Impl::routes() {
     add("POST", "/work_pools/([^/]+)/workers/filter", &Impl::filterWorkers, true);
     add("PATCH", "/flow_runs/" + uuid, &Impl::updateFlowRunRoute, true);
     add("GET", "/flow_runs/" + uuid, &Impl::readFlowRun, false);
+    add("GET", "/flow_run_states/", &Impl::readFlowRunStates, false);
     add("POST", "/flow_runs/filter", &Impl::filterFlowRuns, true);
     add("POST", "/flow_runs/" + uuid + "/set_state", &Impl::setFlowRunState, true);
     add("PATCH", "/flow_runs/" + uuid + "/labels", &Impl::updateFlowRunLabels, true);
@@ -2973,6 +2975,20 @@ http::Response FakePrefect::Impl::readFlowRun(Context& context, const Json&) {
     return detailReply(404, "Flow run not found");
   }
   return jsonReply(200, runView(*data));
+}
+
+// GET /flow_run_states/?flow_run_id=: every state of the run, oldest first (the server orders
+// them by timestamp); an unknown run has no states, which is not an error.
+http::Response FakePrefect::Impl::readFlowRunStates(Context& context, const Json&) {
+  const auto& query = context.request->query;
+  auto id = query.find("flow_run_id");
+  if (id == query.end()) {
+    Errors errors;
+    errors.add(Json::array({"query", "flow_run_id"}), "missing", "Field required");
+    return validationReply(errors, nullptr);
+  }
+  RunData* data = findRun(id->second);
+  return jsonReply(200, data ? Json(data->history) : Json::array());
 }
 
 http::Response FakePrefect::Impl::updateFlowRunRoute(Context& context, const Json& body) {

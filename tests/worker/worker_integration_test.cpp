@@ -448,6 +448,28 @@ TEST_F(WorkerIntegration, StalePollAnswerNeverRestartsAFinishedRun) {
   EXPECT_EQ(worker.metric("runs_started_total"), 0);
 }
 
+TEST_F(WorkerIntegration, AClaimAcceptedAfterAnotherWorkerFinishedTheRunRestoresItsEnd) {
+  // The poll answer is fresh, but the run is finished by another worker while this worker reads
+  // the deployment; its claim then reaches a COMPLETED run and the server accepts it. The worker
+  // must notice from the run's history, put COMPLETED back and not run the flow again.
+  std::string run = api_.createFlowRun(deployment("complete"));
+  api_.delayNext("GET", "/deployments/.*", 600ms);
+  WorkerHarness worker(api_, {});
+  ASSERT_TRUE(api_.waitUntil(
+      [](FakePrefect& api) { return api.countRequests("GET", "/deployments/.*") > 0; }, kLong));
+  api_.setState(run, "PENDING");
+  api_.setState(run, "RUNNING");
+  api_.setState(run, "COMPLETED");
+  ASSERT_TRUE(api_.waitUntil(
+      [&](FakePrefect&) { return acceptedPendingClaims(run) == 2; }, kLong))
+      << "the claim on the finished run was not accepted: the test no longer tests anything";
+  ASSERT_TRUE(waitState(run, "COMPLETED"));
+  std::this_thread::sleep_for(1s);
+  EXPECT_EQ(stateTypeOf(api_.flowRun(run)), "COMPLETED");
+  EXPECT_EQ(worker.metric("runs_started_total"), 0);
+  EXPECT_EQ(worker.metric("claims_lost_total", {{"reason", "finished"}}), 1);
+}
+
 TEST_F(WorkerIntegration, SecondStopSignalCancelsRunningFlows) {
   std::string run = api_.createFlowRun(deployment("sleep:120"));
   WorkerHarness worker(api_, {});
