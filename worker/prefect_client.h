@@ -35,8 +35,8 @@ enum class Method { Get, Post, Patch, Delete };
 /// @brief Status given to the observer for a request the server never received.
 inline constexpr int kNotSent = -1;
 
-using RequestObserver =
-    std::function<void(const char* method, const std::string& endpoint, int status, double seconds)>;
+using RequestObserver = std::function<void(const char* method, const std::string& endpoint,
+                                           int status, double seconds)>;
 
 /// @brief How one call behaves.
 struct CallOptions {
@@ -55,10 +55,10 @@ struct CallOptions {
 
 /// @brief The answer of `POST /flow_runs/{id}/set_state`.
 struct OrchestrationResult {
-  std::string status;   ///< "ACCEPT", "REJECT", "ABORT" or "WAIT".
-  std::string reason;   ///< details.reason, when given.
+  std::string status;        ///< "ACCEPT", "REJECT", "ABORT" or "WAIT".
+  std::string reason;        ///< details.reason, when given.
   double delay_seconds = 0;  ///< details.delay_seconds for WAIT.
-  Json state;           ///< The state now in effect (may be null for ABORT).
+  Json state;                ///< The state now in effect (may be null for ABORT).
 
   std::string stateType() const;
   std::string stateName() const;

@@ -672,8 +672,8 @@ asio::awaitable<Result<Json>> Worker::cachedFlow(const std::string& id) {
 }
 
 asio::awaitable<Result<prefect::OrchestrationResult>> Worker::propose(const std::string& id,
-                                                                      const Json& state,
-                                                                      bool force, bool retry) {
+                                                                      const Json& state, bool force,
+                                                                      bool retry) {
   for (;;) {
     auto result = co_await client_.setFlowRunState(id, state, force, retry);
     if (!result || result->status != "WAIT") {
@@ -769,8 +769,7 @@ asio::awaitable<void> Worker::submitRun(std::shared_ptr<RunState> run) {
   (void)result;
 }
 
-asio::awaitable<std::optional<Json>> Worker::finishedBeforeOurClaim(
-    std::shared_ptr<RunState> run) {
+asio::awaitable<std::optional<Json>> Worker::finishedBeforeOurClaim(std::shared_ptr<RunState> run) {
   auto history = co_await client_.readFlowRunStates(run->id);
   if (!history || !history->is_array()) {
     // Without the history the check above (our claim is the current state) stands alone.
@@ -884,8 +883,8 @@ asio::awaitable<Result<void>> Worker::continueClaimedRun(std::shared_ptr<RunStat
       log_.info("Not starting flow run '" + run->id + "': it had already ended " + ended_type +
                     " when this worker's claim reached the server; restoring that state",
                 run->id);
-      Json restore = prefect::makeState(ended_type, str(*ended, "name"), str(*ended, "message"),
-                                        run->id);
+      Json restore =
+          prefect::makeState(ended_type, str(*ended, "name"), str(*ended, "message"), run->id);
       restore["data"] = ended->value("data", Json());
       co_await propose(run->id, restore, true);
       metrics_.inc("claims_lost_total", {{"reason", "finished"}});

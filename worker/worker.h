@@ -44,10 +44,10 @@ struct RunState {
   std::string transition_id;
   bool claimed = false;
   std::optional<RunHandle> handle;
-  bool cancel_requested = false;   ///< The run was seen CANCELLING/CANCELLED.
-  bool killing = false;            ///< A kill was sent because of a cancellation.
-  bool stop_cancel = false;        ///< Killed because the worker was told to cancel its runs.
-  bool recovered = false;          ///< Adopted from the journal of an earlier worker.
+  bool cancel_requested = false;  ///< The run was seen CANCELLING/CANCELLED.
+  bool killing = false;           ///< A kill was sent because of a cancellation.
+  bool stop_cancel = false;       ///< Killed because the worker was told to cancel its runs.
+  bool recovered = false;         ///< Adopted from the journal of an earlier worker.
   std::shared_ptr<LogSink> log;
   std::chrono::steady_clock::time_point started;
 };
@@ -149,8 +149,8 @@ class Worker {
   std::unordered_map<std::string, std::shared_ptr<RunState>> runs_;
   int slots_in_use_ = 0;
   std::string started_event_id_;
-  std::unique_ptr<asio::steady_timer> stop_timer_;   ///< Cancelled to wake run() on stop.
-  std::unique_ptr<asio::steady_timer> runs_changed_; ///< Cancelled whenever a run is released.
+  std::unique_ptr<asio::steady_timer> stop_timer_;    ///< Cancelled to wake run() on stop.
+  std::unique_ptr<asio::steady_timer> runs_changed_;  ///< Cancelled whenever a run is released.
   std::map<std::string, std::pair<std::chrono::steady_clock::time_point, Json>> deployment_cache_;
   std::map<std::string, std::pair<std::chrono::steady_clock::time_point, Json>> flow_cache_;
   std::function<void()> on_started_;

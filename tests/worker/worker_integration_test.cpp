@@ -4,12 +4,12 @@
 // Designated initializers leave the other options at their defaults, on purpose.
 #pragma GCC diagnostic ignored "-Wmissing-field-initializers"
 
-#include <gtest/gtest.h>
-#include <signal.h>
-
 #include <fstream>
 #include <regex>
 #include <set>
+
+#include <gtest/gtest.h>
+#include <signal.h>
 
 #include "tests/worker/worker_harness.h"
 #include "worker/exit_codes.h"
@@ -183,10 +183,9 @@ TEST_F(WorkerIntegration, AbortAndRejectAreObeyed) {
                                      {"details", {{"type", "abort_details"}, {"reason", "nope"}}},
                                      {"state", nullptr}});
   api_.injectOrchestration(
-      rejected,
-      {{"status", "REJECT"},
-       {"details", {{"type", "reject_details"}, {"reason", "later"}}},
-       {"state", {{"type", "SCHEDULED"}, {"name", "AwaitingConcurrencySlot"}}}});
+      rejected, {{"status", "REJECT"},
+                 {"details", {{"type", "reject_details"}, {"reason", "later"}}},
+                 {"state", {{"type", "SCHEDULED"}, {"name", "AwaitingConcurrencySlot"}}}});
   WorkerHarness worker(api_, {});
   // Refused once, then claimed on a later poll like any scheduled run.
   ASSERT_TRUE(waitFinal(aborted));
@@ -240,13 +239,13 @@ TEST_F(WorkerIntegration, DroppedConnectionsDuringClaimDoNotDoubleStart) {
 TEST_F(WorkerIntegration, CancellingARunningFlowKillsItAndEndsCancelled) {
   TempDir dir;
   std::string pid_file = (dir.path() / "pid").string();
-  std::string run = api_.createFlowRun(
-      deployment("sleep:120", {{"env", {{"FAKE_ENGINE_MODE", "sleep:120"},
-                                        {"FAKE_ENGINE_PID_FILE", pid_file}}}}));
+  std::string run = api_.createFlowRun(deployment(
+      "sleep:120",
+      {{"env", {{"FAKE_ENGINE_MODE", "sleep:120"}, {"FAKE_ENGINE_PID_FILE", pid_file}}}}));
   WorkerHarness worker(api_, {});
   ASSERT_TRUE(waitState(run, "RUNNING"));
-  ASSERT_TRUE(api_.waitUntil([&](FakePrefect&) { return std::filesystem::exists(pid_file); },
-                             kLong));
+  ASSERT_TRUE(
+      api_.waitUntil([&](FakePrefect&) { return std::filesystem::exists(pid_file); }, kLong));
   int pid = std::stoi(readFile(pid_file));
   api_.setState(run, "CANCELLING");
   ASSERT_TRUE(waitFinal(run));
@@ -263,9 +262,8 @@ TEST_F(WorkerIntegration, CancellingARunningFlowKillsItAndEndsCancelled) {
 TEST_F(WorkerIntegration, CancelledWhilePendingNeverStarts) {
   TempDir dir;
   std::string marker = (dir.path() / "started").string();
-  std::string run = api_.createFlowRun(
-      deployment("complete", {{"env", {{"FAKE_ENGINE_MODE", "complete"},
-                                       {"FAKE_ENGINE_PID_FILE", marker}}}}));
+  std::string run = api_.createFlowRun(deployment(
+      "complete", {{"env", {{"FAKE_ENGINE_MODE", "complete"}, {"FAKE_ENGINE_PID_FILE", marker}}}}));
   // Hold the Submitting proposal long enough for a user to cancel the claimed run.
   api_.delayNext("POST", "/flow_runs/.*/set_state", 0ms, 1);
   api_.delayNext("POST", "/flow_runs/.*/set_state", 1500ms, 1);
@@ -326,8 +324,8 @@ TEST_F(WorkerIntegration, RunOnceExitsAfterItsRunsFinish) {
 }
 
 TEST_F(WorkerIntegration, BadJobVariableCrashesOnlyThatRun) {
-  std::string bad = api_.createFlowRun(
-      deployment("complete", {{"working_dir", "/nonexistent/poolworker-dir"}}));
+  std::string bad =
+      api_.createFlowRun(deployment("complete", {{"working_dir", "/nonexistent/poolworker-dir"}}));
   std::string good = api_.createFlowRun(deployment("complete"));
   WorkerHarness worker(api_, {});
   ASSERT_TRUE(waitFinal(bad));
@@ -400,7 +398,9 @@ TEST_F(WorkerIntegration, RestartedWorkerReattachesToARunningFlow) {
   EXPECT_EQ(stateTypeOf(api_.flowRun(run)), "COMPLETED");
   EXPECT_EQ(acceptedPendingClaims(run), 1);
   EXPECT_TRUE(api_.waitUntil(
-      [&](FakePrefect&) { return second.metric("recovery_total", {{"outcome", "reattached"}}) == 1; },
+      [&](FakePrefect&) {
+        return second.metric("recovery_total", {{"outcome", "reattached"}}) == 1;
+      },
       kLong));
   EXPECT_EQ(second.metric("runs_started_total"), 0);
 }
@@ -460,8 +460,7 @@ TEST_F(WorkerIntegration, AClaimAcceptedAfterAnotherWorkerFinishedTheRunRestores
   api_.setState(run, "PENDING");
   api_.setState(run, "RUNNING");
   api_.setState(run, "COMPLETED");
-  ASSERT_TRUE(api_.waitUntil(
-      [&](FakePrefect&) { return acceptedPendingClaims(run) == 2; }, kLong))
+  ASSERT_TRUE(api_.waitUntil([&](FakePrefect&) { return acceptedPendingClaims(run) == 2; }, kLong))
       << "the claim on the finished run was not accepted: the test no longer tests anything";
   ASSERT_TRUE(waitState(run, "COMPLETED"));
   std::this_thread::sleep_for(1s);
