@@ -1,6 +1,7 @@
 #include "worker/worker.h"
 
 #include <algorithm>
+#include <cctype>
 #include <fstream>
 #include <random>
 #include <sstream>
@@ -40,6 +41,24 @@ std::string transitionIdOf(const Json& state) {
     return {};
   }
   return str(state["state_details"], "transition_id");
+}
+
+// A key that orders the ISO 8601 UTC timestamps Prefect writes ("2026-01-02T03:04:05.678Z",
+// "...:05Z" or "...+00:00"): the seconds, then the fraction padded to microseconds.
+std::string timestampKey(const std::string& iso) {
+  if (iso.size() < 19) {
+    return iso;
+  }
+  std::string key = iso.substr(0, 19);
+  std::string fraction;
+  if (iso.size() > 19 && iso[19] == '.') {
+    for (std::size_t i = 20; i < iso.size() && std::isdigit(static_cast<unsigned char>(iso[i]));
+         ++i) {
+      fraction += iso[i];
+    }
+  }
+  fraction.resize(9, '0');
+  return key + "." + fraction;
 }
 
 // "process" → "ProcessWorker", "my-batch" → "MyBatchWorker": the class-like name Prefect's
@@ -775,17 +794,27 @@ asio::awaitable<std::optional<Json>> Worker::finishedBeforeOurClaim(std::shared_
     // Without the history the check above (our claim is the current state) stands alone.
     co_return std::nullopt;
   }
-  const Json* previous = nullptr;
+  // Our claim is the current state, so every other state was written before it: the newest of
+  // them is the state our claim replaced. The history's order cannot tell, because a state's
+  // timestamp is taken when the server receives the proposal, and a claim held up by a busy
+  // database is written seconds later, after states with newer timestamps.
+  const Json* replaced = nullptr;
+  std::string replaced_at;
   for (const Json& state : *history) {
-    if (state.is_object() && transitionIdOf(state) == run->transition_id &&
-        str(state, "type") == "PENDING") {
-      if (previous && (str(*previous, "type") == "COMPLETED" ||
-                       str(*previous, "type") == "FAILED" || str(*previous, "type") == "CRASHED")) {
-        co_return *previous;
-      }
-      co_return std::nullopt;
+    if (!state.is_object() || transitionIdOf(state) == run->transition_id) {
+      continue;
     }
-    previous = &state;
+    std::string at = timestampKey(str(state, "timestamp"));
+    if (!replaced || at > replaced_at) {
+      replaced = &state;
+      replaced_at = std::move(at);
+    }
+  }
+  if (replaced) {
+    const std::string type = str(*replaced, "type");
+    if (type == "COMPLETED" || type == "FAILED" || type == "CRASHED") {
+      co_return *replaced;
+    }
   }
   co_return std::nullopt;
 }
