@@ -569,7 +569,7 @@ def test_three_workers_300_runs_each_completed_exactly_once(
              "PREFECT_WORKER_CANCELLATION_POLL_SECONDS": "10"}
     workers = [worker(pool_name, limit=4, env=quiet) for _ in range(3)]
 
-    audit = audit_runs(api, run_ids, marks, timeout=270)
+    audit = audit_runs(api, run_ids, marks, timeout=600)
     report(audit, began)
     submitted = [
         len([line for line in w.output().splitlines() if "submitted to infrastructure" in line])
