@@ -606,12 +606,13 @@ asio::awaitable<void> Worker::pollOnce() {
         co_await client_.getScheduledFlowRuns(settings_.pool, settings_.work_queues, before);
   }
   if (!scheduled) {
+    const std::string polled =
+        source_ != nullptr ? "the served deployments" : "work pool '" + settings_.pool + "'";
     if (scheduled.error().kind == ErrorKind::NotFound) {
-      log_.warn("polling work pool '" + settings_.pool +
-                "' found nothing to poll: " + scheduled.error().message);
+      log_.warn("polling " + polled + " found nothing to poll: " + scheduled.error().message);
       last_polled_ = Clock::now();
     } else {
-      log_.warn("polling work pool '" + settings_.pool + "' failed: " + scheduled.error().message);
+      log_.warn("polling " + polled + " failed: " + scheduled.error().message);
     }
     co_return;
   }

@@ -222,13 +222,9 @@ def _stop_process_group(process: subprocess.Popen, timeout: float) -> None:
     process.wait()
 
 
-def _start_server(
-    workdir: Path, listen: str = "127.0.0.1", extra_env: Optional[dict[str, str]] = None
-) -> PrefectServer:
-    """Starts a server on `listen` (its clients use 127.0.0.1 whatever it listens on), with
-    `extra_env` over the usual environment (e.g. to turn the scheduler on)."""
-    server_env = _server_environment(home := workdir / "home")
-    server_env.update(extra_env or {})
+def _start_server(workdir: Path, listen: str = "127.0.0.1") -> PrefectServer:
+    """Starts a server on `listen` (its clients use 127.0.0.1 whatever it listens on)."""
+    home = workdir / "home"
     home.mkdir(parents=True, exist_ok=True)
     last_error = ""
     for attempt in range(3):
@@ -240,7 +236,7 @@ def _start_server(
                 [str(VENV_BIN / "prefect"), "server", "start", "--host", listen,
                  "--port", str(port)],
                 cwd=workdir,  # Prefect reads .env and prefect.toml from its cwd
-                env=server_env,
+                env=_server_environment(home),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
