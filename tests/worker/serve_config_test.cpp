@@ -5,7 +5,6 @@
 #include <gtest/gtest.h>
 
 #include "tests/test_support.h"
-#include "worker/cli.h"
 
 namespace poolworker::serve {
 namespace {
@@ -358,20 +357,6 @@ TEST(IsoDateTime, Forms) {
   EXPECT_TRUE(isIsoDateTime("2026-01-01"));
   EXPECT_FALSE(isIsoDateTime("2026-13-01T00:00:00"));
   EXPECT_FALSE(isIsoDateTime("yesterday"));
-}
-
-TEST(ServeCli, ParsesFileAndFlags) {
-  auto cmd = cli::parse({"serve", "flows.yaml", "--limit", "2", "--query-seconds", "3",
-                         "--no-pause-on-shutdown", "--run-once"});
-  ASSERT_TRUE(cmd) << cmd.error().message;
-  EXPECT_EQ(cmd->name, "serve");
-  EXPECT_EQ(cmd->serve_file, "flows.yaml");
-  EXPECT_EQ(*cmd->start.limit, "2");
-  EXPECT_EQ(*cmd->query_seconds, "3");
-  EXPECT_TRUE(cmd->no_pause_on_shutdown);
-  EXPECT_TRUE(cmd->start.run_once);
-  EXPECT_FALSE(cli::parse({"serve"}));
-  EXPECT_FALSE(cli::parse({"serve", "a.yaml", "b.yaml"}));
 }
 
 }  // namespace
