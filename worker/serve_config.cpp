@@ -385,7 +385,16 @@ Json parameterSchema(const std::string& params_text) {
     }
     prop["position"] = position++;
     prop["title"] = name;
-    properties[name] = prop;
+    // Keys in the order Prefect's (pydantic's) schema has them: sorted.
+    std::map<std::string, Json> sorted;
+    for (const auto& [key, value] : prop.items()) {
+      sorted[key] = value;
+    }
+    Json ordered = Json::object();
+    for (auto& [key, value] : sorted) {
+      ordered[key] = std::move(value);
+    }
+    properties[name] = std::move(ordered);
   }
   Json schema = {{"title", "Parameters"}, {"type", "object"}, {"properties", properties}};
   if (!required.empty()) {
