@@ -365,7 +365,12 @@ def test_registers_what_flow_serve_registers(
             global_limit=2,
         )
         """, cwd=FLOWS_DIR)
-    theirs = wait_registered(sapi, "serve-greet/cmp-flow-serve", timeout=120)
+    wait_registered(sapi, "serve-greet/cmp-flow-serve", timeout=120)
+    # READY once its runner polls, which is after the runner set up its SIGTERM handling (a
+    # SIGTERM before that ends the process before it pauses anything).
+    wait_until(lambda: read_deployment(sapi, "serve-greet/cmp-flow-serve"),
+               lambda d: d.status is not None and d.status.value == "READY", 120,
+               "flow.serve's runner to poll")
     py.stop()
     theirs = read_deployment(sapi, "serve-greet/cmp-flow-serve")
 
