@@ -1,13 +1,14 @@
 #include "worker/cli.h"
 
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <map>
+
+#include <boost/asio/signal_set.hpp>
 #include <pplx/threadpool.h>
 #include <signal.h>
 #include <unistd.h>
-
-#include <boost/asio/signal_set.hpp>
-#include <cstdio>
-#include <iostream>
-#include <map>
 
 #include "backends/registry.h"
 #include "worker/async.h"
@@ -16,6 +17,7 @@
 #include "worker/metrics.h"
 #include "worker/prefect_client.h"
 #include "worker/run_preparation.h"
+#include "worker/serve.h"
 #include "worker/service_notify.h"
 #include "worker/version.h"
 #include "worker/worker.h"
@@ -49,6 +51,19 @@ const std::map<std::string, std::vector<OptionDef>>& commandOptions() {
         {"log-level", 0},
         {"log-format", 0},
         {"plugin-dir", 0},
+        {"help", 'h', false}}},
+      {"serve",
+       {{"limit", 'l'},
+        {"query-seconds", 0},
+        {"prefetch-seconds", 0},
+        {"no-pause-on-shutdown", 0, false},
+        {"run-once", 0, false},
+        {"name", 'n'},
+        {"with-healthcheck", 0, false},
+        {"config", 'c'},
+        {"state-dir", 0},
+        {"log-level", 0},
+        {"log-format", 0},
         {"help", 'h', false}}},
       {"template", {{"type", 't'}, {"help", 'h', false}}},
       {"render",
@@ -111,6 +126,10 @@ Result<void> apply(Command& cmd, const std::string& option, const std::string& v
     cmd.flow_run = value;
   } else if (option == "job-variables") {
     cmd.job_variables = value;
+  } else if (option == "no-pause-on-shutdown") {
+    cmd.no_pause_on_shutdown = true;
+  } else if (option == "query-seconds") {
+    cmd.query_seconds = value;
   } else if (option == "help") {
     cmd.help_topic = cmd.name;
     cmd.name = "help";
@@ -153,7 +172,8 @@ Result<Command> parse(const std::vector<std::string>& args) {
   }
   auto options = commandOptions().find(cmd.name);
   if (options == commandOptions().end()) {
-    return usage("unknown command '" + cmd.name + "'. Commands: start, template, render, backends. "
+    return usage("unknown command '" + cmd.name +
+                 "'. Commands: start, serve, template, render, backends. "
                  "See 'poolworker --help'.");
   }
   const std::string command_name = cmd.name;
@@ -186,6 +206,9 @@ Result<Command> parse(const std::vector<std::string>& args) {
       if (def == nullptr) {
         name = arg.substr(1);
       }
+    } else if (command_name == "serve" && cmd.serve_file.empty()) {
+      cmd.serve_file = arg;
+      continue;
     } else {
       return usage("unexpected argument '" + arg + "' for 'poolworker " + command_name +
                    "'. See 'poolworker " + command_name + " --help'.");
@@ -212,6 +235,9 @@ Result<Command> parse(const std::vector<std::string>& args) {
     if (cmd.name == "help") {
       return cmd;
     }
+  }
+  if (cmd.name == "serve" && cmd.serve_file.empty()) {
+    return usage("'poolworker serve' needs a deployment file: poolworker serve FILE.yaml");
   }
   return cmd;
 }
@@ -257,6 +283,39 @@ Signals: SIGTERM or SIGINT stops claiming and exits, leaving running flows to th
 next worker; a second one cancels the running flows first.
 )";
   }
+  if (command == "serve") {
+    return R"(Usage: poolworker serve FILE.yaml [OPTIONS]
+
+Register the deployments listed in FILE.yaml with Prefect as `flow.serve` does (no
+work pool), then run their scheduled and ad-hoc runs in local processes with the
+Prefect engine. The file is checked completely (entrypoints, cron strings, time
+zones, intervals) before anything is registered. See docs/serve.md.
+
+Options:
+  -l, --limit N                Most flow runs running at once (also `limit:` in the
+                               file; PREFECT_RUNNER_PROCESS_LIMIT; default 5).
+      --query-seconds N        Seconds between polls for scheduled runs
+                               (PREFECT_RUNNER_POLL_FREQUENCY, default 10).
+      --prefetch-seconds N     Start runs due within N seconds (default 10).
+      --no-pause-on-shutdown   Leave the schedules active when stopping (also
+                               `pause_on_shutdown: false` in the file).
+      --run-once               Poll once, wait for the runs taken, then exit.
+  -n, --name NAME              Name of this process in logs (default: the file's
+                               `name:`, else serve-<file name>).
+      --with-healthcheck       Serve /health and /metrics as `start` does.
+  -c, --config FILE            YAML config file of `start` (API settings, backends).
+      --state-dir DIR          Where runs are journalled (POOLWORKER_STATE_DIR).
+      --log-level LEVEL        trace, debug, info, warning, error (default info).
+      --log-format FORMAT      text or json (default text).
+  -h, --help                   Show this help.
+
+On start the deployments are registered and their schedules resumed; on SIGTERM or
+SIGINT their schedules are paused unless --no-pause-on-shutdown. Running flows are
+treated as by `start`: the first signal leaves them running (a restarted `serve`
+with the same state directory follows them), a second one cancels them.
+Exit codes: 0 after a stop, 1 when start-up failed, 2 for a bad command line or file.
+)";
+  }
   if (command == "template") {
     return R"(Usage: poolworker template --type TYPE
 
@@ -286,6 +345,7 @@ Usage: poolworker COMMAND [OPTIONS]
 
 Commands:
   start       Poll a work pool and run its flow runs (like `prefect worker start`).
+  serve       Register deployments from a file and run them here (like `flow.serve`).
   template    Print the default base job template of a worker type.
   render      Show the job configuration a deployment's run would get.
   backends    List the available backends.
@@ -314,13 +374,12 @@ void initRuntime() {
   ::signal(SIGPIPE, SIG_IGN);
 }
 
-int runStart(const Command& cmd) {
-  auto settings = resolveSettings(cmd.start, currentEnvironment());
-  if (!settings) {
-    std::fprintf(stderr, "poolworker: %s\n", settings.error().message.c_str());
-    return exit_codes::kUsage;
-  }
-  logging::setup(settings->log_level, settings->log_format);
+// Makes the run source of `serve` once the client and backends exist; null for `start`.
+using SourceMaker =
+    std::function<std::unique_ptr<RunSource>(prefect::PrefectClient&, backends::BackendRegistry&)>;
+
+int runWorker(Settings settings, const SourceMaker& make_source) {
+  logging::setup(settings.log_level, settings.log_format);
   initRuntime();
 
   asio::io_context io;
@@ -330,8 +389,10 @@ int runStart(const Command& cmd) {
     std::fprintf(stderr, "poolworker: %s\n", registered.error().message.c_str());
     return exit_codes::kStartupFailure;
   }
-  prefect::PrefectClient client(io, settings->api, userAgent());
-  Worker worker(io, std::move(settings).value(), client, registry, metrics);
+  prefect::PrefectClient client(io, settings.api, userAgent());
+  std::unique_ptr<RunSource> source = make_source ? make_source(client, registry) : nullptr;
+  Worker worker(io, std::move(settings), client, registry, metrics);
+  worker.setRunSource(source.get());
   worker.onStarted([] { service::notify("READY=1"); });
 
   int signals_seen = 0;
@@ -395,6 +456,93 @@ int runStart(const Command& cmd) {
       asio::detached);
   io.run();
   return exit_code;
+}
+
+int runStart(const Command& cmd) {
+  auto settings = resolveSettings(cmd.start, currentEnvironment());
+  if (!settings) {
+    std::fprintf(stderr, "poolworker: %s\n", settings.error().message.c_str());
+    return exit_codes::kUsage;
+  }
+  return runWorker(std::move(settings).value(), nullptr);
+}
+
+std::optional<double> positiveSeconds(const std::string& text) {
+  try {
+    size_t used = 0;
+    double v = std::stod(text, &used);
+    if (used == text.size() && v > 0) {
+      return v;
+    }
+  } catch (const std::exception&) {
+  }
+  return std::nullopt;
+}
+
+int runServe(const Command& cmd) {
+  auto file = serve::loadServeFile(cmd.serve_file, serve::defaultCheckEnvironment());
+  if (!file) {
+    std::fprintf(stderr, "poolworker serve: %s\n", file.error().message.c_str());
+    return exit_codes::kUsage;
+  }
+  const Environment env = currentEnvironment();
+  std::string stem = std::filesystem::path(cmd.serve_file).stem().string();
+  StartFlags flags = cmd.start;
+  // The journal of a serve process is keyed like a pool's, by a name no pool can clash with.
+  flags.pool = "serve-" + (file->name.empty() ? stem : file->name);
+  auto settings = resolveSettings(flags, env);
+  if (!settings) {
+    std::fprintf(stderr, "poolworker serve: %s\n", settings.error().message.c_str());
+    return exit_codes::kUsage;
+  }
+  if (!flags.name) {
+    settings->name = file->name.empty() ? "serve-" + stem : file->name;
+  }
+  if (!flags.limit) {
+    // flow.serve's default: PREFECT_RUNNER_PROCESS_LIMIT, 5 unless set.
+    settings->limit = 5;
+    if (file->limit) {
+      settings->limit = file->limit;
+    } else if (auto it = env.find("PREFECT_RUNNER_PROCESS_LIMIT"); it != env.end()) {
+      auto n = positiveSeconds(it->second);
+      if (!n || *n != static_cast<int>(*n)) {
+        std::fprintf(stderr,
+                     "poolworker serve: PREFECT_RUNNER_PROCESS_LIMIT='%s' is not a "
+                     "positive whole number\n",
+                     it->second.c_str());
+        return exit_codes::kUsage;
+      }
+      settings->limit = static_cast<int>(*n);
+    }
+  }
+  std::optional<std::string> query = cmd.query_seconds;
+  std::string query_source = "--query-seconds";
+  if (!query) {
+    if (auto it = env.find("PREFECT_RUNNER_POLL_FREQUENCY"); it != env.end()) {
+      query = it->second;
+      query_source = "PREFECT_RUNNER_POLL_FREQUENCY";
+    }
+  }
+  if (query) {
+    auto seconds = positiveSeconds(*query);
+    if (!seconds) {
+      std::fprintf(stderr, "poolworker serve: %s='%s' must be a positive number of seconds\n",
+                   query_source.c_str(), query->c_str());
+      return exit_codes::kUsage;
+    }
+    settings->query_seconds = *seconds;
+  } else {
+    settings->query_seconds = 10;
+  }
+  const bool pause = !cmd.no_pause_on_shutdown && file->pause_on_shutdown.value_or(true);
+  SourceMaker make = [&file, pause](prefect::PrefectClient& client,
+                                    backends::BackendRegistry& registry) {
+    BackendFactory* process = registry.find("process");
+    Json base_job_template = process != nullptr ? process->defaultBaseJobTemplate() : Json();
+    return std::make_unique<serve::ServeSource>(client, std::move(file).value(),
+                                                std::move(base_job_template), pause);
+  };
+  return runWorker(std::move(settings).value(), make);
 }
 
 int runTemplate(const Command& cmd) {
@@ -589,6 +737,9 @@ int main(int argc, char** argv) {
   }
   if (cmd->name == "start") {
     return runStart(*cmd);
+  }
+  if (cmd->name == "serve") {
+    return runServe(*cmd);
   }
   if (cmd->name == "template") {
     return runTemplate(*cmd);

@@ -1,8 +1,10 @@
 #pragma once
 
-// The command line of poolworker: `start` (the drop-in for `prefect worker start`), `template`,
+// The command line of poolworker: `start` (the drop-in for `prefect worker start`), `serve`
+// (the equivalent of `flow.serve`), `template`,
 // `render`, `backends`, `--help` and `--version`.
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -21,6 +23,9 @@ struct Command {
   std::string flow_run;         ///< `render --flow-run`.
   std::string job_variables;    ///< `render --job-variables` (JSON).
   std::string help_topic;       ///< Command whose help was asked for ("" = overview).
+  std::string serve_file;       ///< `serve FILE`: the deployment file.
+  bool no_pause_on_shutdown = false;         ///< `serve --no-pause-on-shutdown`.
+  std::optional<std::string> query_seconds;  ///< `serve --query-seconds`.
 };
 
 /// @brief Parses argv (without the program name). Errors are usage errors with a message.

@@ -151,7 +151,7 @@ Result<Json> prepareConfiguration(Json configuration, const PreparationContext& 
   labels["prefect.io/flow-run-id"] = run.flow_run_id;
   labels["prefect.io/flow-run-name"] = run.flow_run_name;
   labels["prefect.io/version"] = kPrefectCompatVersion;
-  if (ctx.pool.is_object()) {
+  if (!run.work_pool_name.empty()) {  // `serve` runs have no work pool.
     labels["prefect.io/work-pool-name"] = run.work_pool_name;
     labels["prefect.io/work-pool-id"] = run.work_pool_id;
   }

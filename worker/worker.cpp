@@ -356,7 +356,7 @@ asio::awaitable<Result<void>> Worker::startup() {
   }
 
   // The worker type: the flag, else the pool's type, else "process" for a pool to be created.
-  type_ = settings_.type;
+  type_ = source_ != nullptr ? source_->backendType() : settings_.type;
   if (type_.empty()) {
     for (int attempt = 0;; ++attempt) {
       auto pool = co_await client_.readWorkPool(settings_.pool);
@@ -502,6 +502,15 @@ asio::awaitable<Result<void>> Worker::startup() {
 // ---- Sync and heartbeat ---------------------------------------------------------------------
 
 asio::awaitable<Result<void>> Worker::syncOnce(bool at_startup) {
+  if (source_ != nullptr) {
+    auto synced = co_await source_->sync(at_startup);
+    api_healthy_ = synced.ok() || !synced.error().retryable();
+    if (synced) {
+      last_heartbeat_ = Clock::now();
+      synced_ = true;
+    }
+    co_return synced;
+  }
   auto pool = co_await client_.readWorkPool(settings_.pool);
   if (!pool && pool.error().kind == ErrorKind::NotFound) {
     if (!settings_.create_pool_if_not_found) {
@@ -615,15 +624,21 @@ asio::awaitable<void> Worker::pollOnce() {
   auto before = std::chrono::system_clock::now() +
                 std::chrono::milliseconds(
                     static_cast<long long>(1000 * std::floor(settings_.prefetch_seconds)));
-  auto scheduled =
-      co_await client_.getScheduledFlowRuns(settings_.pool, settings_.work_queues, before);
+  Result<Json> scheduled = makeError(ErrorKind::Internal, "not polled");
+  if (source_ != nullptr) {
+    scheduled = co_await source_->scheduledRuns(before);
+  } else {
+    scheduled =
+        co_await client_.getScheduledFlowRuns(settings_.pool, settings_.work_queues, before);
+  }
   if (!scheduled) {
+    const std::string polled =
+        source_ != nullptr ? "the served deployments" : "work pool '" + settings_.pool + "'";
     if (scheduled.error().kind == ErrorKind::NotFound) {
-      log_.warn("polling work pool '" + settings_.pool +
-                "' found nothing to poll: " + scheduled.error().message);
+      log_.warn("polling " + polled + " found nothing to poll: " + scheduled.error().message);
       last_polled_ = Clock::now();
     } else {
-      log_.warn("polling work pool '" + settings_.pool + "' failed: " + scheduled.error().message);
+      log_.warn("polling " + polled + " failed: " + scheduled.error().message);
     }
     co_return;
   }
@@ -644,6 +659,21 @@ asio::awaitable<void> Worker::pollOnce() {
       log_.info("Flow run limit reached; " + std::to_string(runs_.size()) +
                 " flow runs in progress.");
       break;
+    }
+    if (source_ != nullptr) {
+      const std::string deployment_id = str(flow_run, "deployment_id");
+      if (auto limit = source_->limitFor(deployment_id)) {
+        auto held = std::count_if(runs_.begin(), runs_.end(), [&](const auto& kv) {
+          return str(kv.second->flow_run, "deployment_id") == deployment_id;
+        });
+        if (held >= *limit) {
+          log_.debug("deployment " + deployment_id +
+                         " is at its concurrency limit; run stays "
+                         "scheduled",
+                     id);
+          continue;
+        }
+      }
     }
     auto run = std::make_shared<RunState>();
     run->id = id;
@@ -849,9 +879,9 @@ asio::awaitable<Result<void>> Worker::continueClaimedRun(std::shared_ptr<RunStat
   }
 
   PreparationContext ctx;
-  ctx.pool = pool_;
+  ctx.pool = source_ != nullptr ? source_->preparationPool() : pool_;
   ctx.flow_run = run->flow_run;
-  ctx.deployment = deployment;
+  ctx.deployment = source_ != nullptr ? source_->preparedDeployment(deployment) : deployment;
   ctx.flow = flow;
   ctx.worker_name = name_;
   ctx.worker_id = worker_id_;
@@ -871,10 +901,11 @@ asio::awaitable<Result<void>> Worker::continueClaimedRun(std::shared_ptr<RunStat
     co_return makeError(prepared.error().kind, message);
   }
 
-  Json labels = {{"prefect.worker.name", name_},
-                 {"prefect.worker.type", type_},
-                 {"prefect.work-pool.name", settings_.pool},
-                 {"prefect.work-pool.id", str(pool_, "id")}};
+  Json labels = {{"prefect.worker.name", name_}, {"prefect.worker.type", type_}};
+  if (source_ == nullptr) {
+    labels["prefect.work-pool.name"] = settings_.pool;
+    labels["prefect.work-pool.id"] = str(pool_, "id");
+  }
   asio::co_spawn(
       io_,
       [this, id = run->id, labels]() -> asio::awaitable<void> {
@@ -1408,6 +1439,9 @@ asio::awaitable<void> Worker::shutdown() {
               " flow run(s) keep running; the next worker started with "
               "this state directory (" +
               (journal_ ? journal_->directory() : "") + ") will follow them.");
+  }
+  if (source_ != nullptr) {
+    co_await source_->stop();
   }
   emitEvent("prefect.worker.stopped", nullptr);
   // Last logs and events get a few seconds to reach Prefect; a server that is down does not

@@ -52,6 +52,40 @@ struct RunState {
   std::chrono::steady_clock::time_point started;
 };
 
+/// @brief Where a worker's runs come from when it serves deployments of its own (`poolworker
+/// serve`) instead of a work pool. The worker keeps claiming, preparing, supervising,
+/// cancelling and journalling runs as usual; the source replaces the pool's sync and poll.
+/// Every method is called on the worker's io_context.
+class RunSource {
+ public:
+  virtual ~RunSource() = default;
+
+  /// @brief The backend that runs the flows (a registered worker type, e.g. "process").
+  virtual std::string backendType() const = 0;
+
+  /// @brief Called at start-up and then every heartbeat interval: registers what is not yet
+  /// registered, or checks that the API still answers. A non-transient error at start-up ends
+  /// the worker.
+  virtual asio::awaitable<Result<void>> sync(bool at_startup) = 0;
+
+  /// @brief The SCHEDULED runs due before `before`, as the API's list of flow runs.
+  virtual asio::awaitable<Result<Json>> scheduledRuns(
+      std::chrono::system_clock::time_point before) = 0;
+
+  /// @brief The most runs of a deployment this process may hold at once, if limited.
+  virtual std::optional<int> limitFor(const std::string& deployment_id) const = 0;
+
+  /// @brief The work pool stand-in a run is prepared with: the base job template only.
+  virtual Json preparationPool() const = 0;
+
+  /// @brief The deployment as a run is prepared with it: the server's copy with this source's
+  /// job variables in place of its own.
+  virtual Json preparedDeployment(const Json& deployment) const = 0;
+
+  /// @brief Called once the worker stops claiming, before it exits (pauses schedules).
+  virtual asio::awaitable<void> stop() = 0;
+};
+
 /// @brief One poolworker instance serving one work pool.
 class Worker {
  public:
@@ -67,6 +101,10 @@ class Worker {
 
   /// @brief Called once start-up has succeeded (systemd READY=1).
   void onStarted(std::function<void()> hook) { on_started_ = std::move(hook); }
+
+  /// @brief Serves a run source instead of the work pool named in the settings (`serve`). Set
+  /// before run(); the source must outlive the worker.
+  void setRunSource(RunSource* source) { source_ = source; }
 
   /// @brief Asks the worker to stop. Safe to call more than once; `Cancel` wins over `Drain`.
   void requestStop(StopMode mode);
@@ -154,6 +192,7 @@ class Worker {
   std::map<std::string, std::pair<std::chrono::steady_clock::time_point, Json>> deployment_cache_;
   std::map<std::string, std::pair<std::chrono::steady_clock::time_point, Json>> flow_cache_;
   std::function<void()> on_started_;
+  RunSource* source_ = nullptr;
 };
 
 }  // namespace poolworker

@@ -70,5 +70,19 @@ TEST(Cli, RenderAndTemplate) {
   EXPECT_EQ(t->type, "process");
 }
 
+TEST(ServeCli, ParsesFileAndFlags) {
+  auto cmd = parse({"serve", "flows.yaml", "--limit", "2", "--query-seconds", "3",
+                    "--no-pause-on-shutdown", "--run-once"});
+  ASSERT_TRUE(cmd) << cmd.error().message;
+  EXPECT_EQ(cmd->name, "serve");
+  EXPECT_EQ(cmd->serve_file, "flows.yaml");
+  EXPECT_EQ(*cmd->start.limit, "2");
+  EXPECT_EQ(*cmd->query_seconds, "3");
+  EXPECT_TRUE(cmd->no_pause_on_shutdown);
+  EXPECT_TRUE(cmd->start.run_once);
+  EXPECT_FALSE(parse({"serve"}));
+  EXPECT_FALSE(parse({"serve", "a.yaml", "b.yaml"}));
+}
+
 }  // namespace
 }  // namespace poolworker::cli
