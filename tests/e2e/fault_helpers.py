@@ -1,4 +1,4 @@
-"""Helpers of the fault suite (faults_suite.py): cheap flow runs of tests/fakes/fake_engine.py, the
+"""Helpers of the fault suite (test_faults.py): cheap flow runs of tests/fakes/fake_engine.py, the
 audit that counts lost runs and runs started twice, the results table, worker restarts on the
 same state directory, a Prefect server of a test's own that can be stopped and started again,
 and the worker's health and metrics endpoint.

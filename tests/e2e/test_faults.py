@@ -1,7 +1,3 @@
-# Not yet part of tests/run.sh: two of its six tests fail on known poolworker bugs (runs
-# started twice under a loaded SQLite server; status-0 attempts counted in /metrics). Run it
-# with: POOLWORKER_BIN=build/bin/poolworker tests/e2e/run.sh faults_suite.py
-
 """Fault suite: poolworker loses no flow run and starts none twice.
 
 Every test counts, over the runs it makes:
