@@ -20,6 +20,7 @@ struct Command {
   std::string deployment;       ///< `render --deployment` (flow/deployment or id).
   std::string flow_run;         ///< `render --flow-run`.
   std::string job_variables;    ///< `render --job-variables` (JSON).
+  bool infrastructure = false;  ///< `render --infrastructure`: the backend's preview instead.
   std::string help_topic;       ///< Command whose help was asked for ("" = overview).
 };
 
