@@ -96,15 +96,20 @@ def test_flow_runs_as_a_job_and_completes(
 def test_container_exit_3_crashes_the_run(
     api: PrefectApi, worker, pool_name: str, fake_cluster: FakeCluster
 ) -> None:
+    # The container's own process exits 3 before any flow code runs, so only the worker can
+    # report it (a flow that exits 3 under `prefect flow-run execute` is reported CRASHED by the
+    # engine itself, whose process then exits 0).
     api.create_kubernetes_pool(pool_name)
-    deployment = api.create_deployment(pool_name, "crash_exit3")
+    deployment = api.create_deployment(
+        pool_name, "hello", job_variables={"command": "sh -c 'exit 3'"}
+    )
     run = api.create_run(deployment)
     worker(pool_name, worker_type="kubernetes", env={"KUBECONFIG": str(fake_cluster.kubeconfig)})
 
     final = api.wait_for_final(run.id, timeout=RUN_TIMEOUT)
 
     assert final.state.type == StateType.CRASHED, final.state
-    assert "status code 3" in (final.state.message or ""), final.state.message
+    assert "non-zero status code 3" in (final.state.message or ""), final.state.message
 
 
 def test_cancelling_a_run_deletes_its_job(
@@ -256,4 +261,6 @@ def test_job_manifest_matches_prefect_kubernetes(
     ours = _normalised(_render(api, pool_name, run.id, tmp_path))
     theirs = _normalised(_prefect_manifest(api, run.id))
 
+    assert ours["kind"] == "Job" and ours["metadata"]["labels"]["prefect.io/flow-run-id"] == str(run.id)
+    assert any(e["name"] == "PREFECT_API_URL" for e in ours["spec"]["template"]["spec"]["containers"][0]["env"])
     assert ours == theirs

@@ -119,7 +119,8 @@ TEST_F(KubernetesBackendTest, ImagePullFailureLongerThanThePodWatchTimeoutEndsTh
   EXPECT_NE(outcome->detail.find("registry.invalid/nope:1"), std::string::npos)
       << outcome->detail;
   EXPECT_NE(outcome->detail.find("could not be pulled"), std::string::npos);
-  EXPECT_NE(sink->messages().find("ImagePullBackOff"), std::string::npos) << sink->messages();
+  EXPECT_NE(sink->messages().find("cannot pull its image (ErrImagePull)"), std::string::npos)
+      << sink->messages();
   // The stuck Job is removed rather than left retrying the pull for ever.
   const std::string name = jobName(*handle);
   EXPECT_TRUE(runUntil(io, [&] { return !cluster.kube.job("default", name).has_value(); }));
