@@ -239,8 +239,7 @@ Result<std::shared_ptr<asio::ssl::context>> HttpClientState::tlsContext() {
       return makeError(ErrorKind::InvalidConfiguration,
                        "TLS for " + endpoint.url + ": a client certificate without its key");
     }
-    if (context->use_private_key(asio::buffer(settings.key_pem), asio::ssl::context::pem, ec);
-        ec) {
+    if (context->use_private_key(asio::buffer(settings.key_pem), asio::ssl::context::pem, ec); ec) {
       return failPem("the inline client key", ec);
     }
   } else if (!settings.cert_file.empty()) {

@@ -42,22 +42,22 @@ Error apiError(const common::HttpResponse& response, const ApiAction& action,
                            where(action) + quoted,
                        code);
     case 403:
-      return makeError(ErrorKind::Unauthorized,
-                       "forbidden by RBAC: the worker's account may not " + action.verb + " " +
-                           action.resource + (action.namespace_.empty()
-                                                  ? std::string()
-                                                  : " in namespace '" + action.namespace_ + "'") +
-                           " (grant the verb '" + action.verb + "' on '" + action.resource +
-                           "' in its Role)" + quoted,
-                       code);
+      return makeError(
+          ErrorKind::Unauthorized,
+          "forbidden by RBAC: the worker's account may not " + action.verb + " " + action.resource +
+              (action.namespace_.empty() ? std::string()
+                                         : " in namespace '" + action.namespace_ + "'") +
+              " (grant the verb '" + action.verb + "' on '" + action.resource + "' in its Role)" +
+              quoted,
+          code);
     case 404:
       if (!action.namespace_.empty() && action.name.empty() &&
-          message.find("namespaces \"" + action.namespace_ + "\" not found") !=
-              std::string::npos) {
+          message.find("namespaces \"" + action.namespace_ + "\" not found") != std::string::npos) {
         return makeError(ErrorKind::InfrastructureFailed,
                          "namespace '" + action.namespace_ +
                              "' does not exist in the cluster (set the job variable 'namespace' "
-                             "to an existing one)" + quoted,
+                             "to an existing one)" +
+                             quoted,
                          code);
       }
       return makeError(ErrorKind::NotFound, where(action) + " not found" + quoted, code);
@@ -74,8 +74,8 @@ Error apiError(const common::HttpResponse& response, const ApiAction& action,
                        code);
     case 400:
       return makeError(ErrorKind::InvalidConfiguration,
-                       "the Kubernetes API server refused to " + action.verb + " " +
-                           where(action) + " (400 Bad Request)" + quoted,
+                       "the Kubernetes API server refused to " + action.verb + " " + where(action) +
+                           " (400 Bad Request)" + quoted,
                        code);
     default:
       break;
@@ -91,9 +91,9 @@ KubeApi::KubeApi(boost::asio::io_context& io, KubeConnection connection)
     : io_(io), connection_(std::move(connection)) {
   auto endpoint = common::parseHttpEndpoint(connection_.server, connection_.tls, "80", "443");
   if (!endpoint) {
-    setup_error_ = makeError(ErrorKind::InvalidConfiguration,
-                             "the API server address of " + connection_.source + ": " +
-                                 endpoint.error().message);
+    setup_error_ = makeError(
+        ErrorKind::InvalidConfiguration,
+        "the API server address of " + connection_.source + ": " + endpoint.error().message);
     return;
   }
   common::HttpClientOptions options;
@@ -140,30 +140,29 @@ void KubeApi::call(const std::string& method, const std::string& target, const J
   }
   request->timeout = timeout;
   const std::string server = connection_.server;
-  client_->request(std::move(request).value(),
-                   [done = std::move(done), action, server](Result<common::HttpResponse> answer) {
-                     if (!answer) {
-                       Error error = std::move(answer).error();
-                       if (error.kind == ErrorKind::Transient) {
-                         error.message = "the Kubernetes API server is unreachable: " +
-                                         error.message;
-                       }
-                       done(std::move(error));
-                       return;
-                     }
-                     if (answer->status < 200 || answer->status >= 300) {
-                       done(apiError(*answer, action, server));
-                       return;
-                     }
-                     Json parsed = Json::parse(answer->body, nullptr, false);
-                     if (parsed.is_discarded()) {
-                       done(makeError(ErrorKind::Internal,
-                                      "the Kubernetes API server answered " + action.verb + " " +
-                                          action.resource + " with a body that is not JSON"));
-                       return;
-                     }
-                     done(std::move(parsed));
-                   });
+  client_->request(std::move(request).value(), [done = std::move(done), action,
+                                                server](Result<common::HttpResponse> answer) {
+    if (!answer) {
+      Error error = std::move(answer).error();
+      if (error.kind == ErrorKind::Transient) {
+        error.message = "the Kubernetes API server is unreachable: " + error.message;
+      }
+      done(std::move(error));
+      return;
+    }
+    if (answer->status < 200 || answer->status >= 300) {
+      done(apiError(*answer, action, server));
+      return;
+    }
+    Json parsed = Json::parse(answer->body, nullptr, false);
+    if (parsed.is_discarded()) {
+      done(makeError(ErrorKind::Internal, "the Kubernetes API server answered " + action.verb +
+                                              " " + action.resource +
+                                              " with a body that is not JSON"));
+      return;
+    }
+    done(std::move(parsed));
+  });
 }
 
 std::shared_ptr<common::HttpCall> KubeApi::stream(const std::string& target,

@@ -23,10 +23,10 @@ namespace poolworker::backends::kubernetes {
 
 /// @brief What a request does, for error messages: "create" "jobs" in "default".
 struct ApiAction {
-  std::string verb;       ///< Kubernetes verb: create, get, list, watch, delete.
-  std::string resource;   ///< Resource, e.g. "jobs" or "pods/log".
-  std::string namespace_; ///< Namespace, or empty.
-  std::string name;       ///< Object name, or empty.
+  std::string verb;        ///< Kubernetes verb: create, get, list, watch, delete.
+  std::string resource;    ///< Resource, e.g. "jobs" or "pods/log".
+  std::string namespace_;  ///< Namespace, or empty.
+  std::string name;        ///< Object name, or empty.
 };
 
 /// @brief Turns a non-2xx answer of the API server into an error a user understands:

@@ -60,8 +60,8 @@ std::string scalar(const YAML::Node& node, const char* key) {
   return value.as<std::string>();
 }
 
-Result<void> mergeDocument(const std::string& text, const fs::path& base,
-                           const std::string& source, Merged& merged) {
+Result<void> mergeDocument(const std::string& text, const fs::path& base, const std::string& source,
+                           Merged& merged) {
   YAML::Node root;
   try {
     root = YAML::Load(text);
@@ -151,8 +151,7 @@ std::string hostKey(const std::string& server, const std::string& identity) {
 
 Result<KubeConnection> connectionOf(const Merged& merged, const std::string& wanted_context,
                                     const std::string& source) {
-  const std::string context_name =
-      wanted_context.empty() ? merged.current_context : wanted_context;
+  const std::string context_name = wanted_context.empty() ? merged.current_context : wanted_context;
   if (context_name.empty()) {
     return invalid(source + " has no current-context; name one with cluster_config.context_name");
   }
@@ -384,8 +383,7 @@ Result<KubeConnection> inClusterConnection(const std::string& service_host,
     return ca.error();
   }
   if (trim(*ca).empty()) {
-    return invalid("the service account's CA '" + (directory / "ca.crt").string() +
-                   "' is empty");
+    return invalid("the service account's CA '" + (directory / "ca.crt").string() + "' is empty");
   }
   connection.tls.ca_pem = std::move(ca).value();
   connection.token = BearerToken::fromFile(directory / "token");
@@ -426,8 +424,8 @@ Result<KubeConnection> resolveConnection(const Json& cluster_config,
       context = it->get<std::string>();
     }
     // YAML is a superset of JSON: the block's object reads as a kubeconfig document.
-    auto connection = parseKubeconfig(config.dump(), context, fs::path(),
-                                      "the cluster_config kubeconfig");
+    auto connection =
+        parseKubeconfig(config.dump(), context, fs::path(), "the cluster_config kubeconfig");
     if (connection) {
       connection->key += "|inline:" + std::to_string(std::hash<std::string>{}(config.dump()));
     }

@@ -103,10 +103,9 @@ struct ConnectionEnvironment {
   std::string service_host;  ///< KUBERNETES_SERVICE_HOST.
   std::string service_port;  ///< KUBERNETES_SERVICE_PORT.
   /// Where a pod's service account is mounted.
-  std::filesystem::path service_account_directory =
-      "/var/run/secrets/kubernetes.io/serviceaccount";
-  std::string kubeconfig;         ///< KUBECONFIG.
-  std::filesystem::path home;     ///< HOME.
+  std::filesystem::path service_account_directory = "/var/run/secrets/kubernetes.io/serviceaccount";
+  std::string kubeconfig;      ///< KUBECONFIG.
+  std::filesystem::path home;  ///< HOME.
 
   /// @brief The environment of this process.
   static ConnectionEnvironment fromProcess();

@@ -31,7 +31,9 @@ std::string jobsPath(const std::string& ns) {
   return "/apis/batch/v1/namespaces/" + urlEncode(ns) + "/jobs";
 }
 
-std::string podsPath(const std::string& ns) { return "/api/v1/namespaces/" + urlEncode(ns) + "/pods"; }
+std::string podsPath(const std::string& ns) {
+  return "/api/v1/namespaces/" + urlEncode(ns) + "/pods";
+}
 
 // resourceVersions are opaque, but every API server in use writes etcd revisions: integers.
 // Compared only to avoid calling a Job deleted that a list simply predates.
@@ -126,8 +128,8 @@ bool conditionTrue(const Json& job, const char* type, std::string* reason, std::
 bool podEvicted(const Json& pod) { return str(at(pod, "status"), "reason") == "Evicted"; }
 
 bool isPullFailure(const std::string& reason) {
-  return reason == "ErrImagePull" || reason == "ImagePullBackOff" ||
-         reason == "InvalidImageName" || reason == "ErrImageNeverPull";
+  return reason == "ErrImagePull" || reason == "ImagePullBackOff" || reason == "InvalidImageName" ||
+         reason == "ErrImageNeverPull";
 }
 
 struct Tracker {
@@ -413,9 +415,9 @@ class NamespaceWatch : public std::enable_shared_from_this<NamespaceWatch> {
         return;
       }
       if (result->status < 200 || result->status >= 300) {
-        self->reportWatchProblem(
-            *target, apiError(*result, ApiAction{"watch", target->kind, self->ns_, ""},
-                              self->api_->connection().server));
+        self->reportWatchProblem(*target,
+                                 apiError(*result, ApiAction{"watch", target->kind, self->ns_, ""},
+                                          self->api_->connection().server));
         self->retryLater(*target, false);
         return;
       }
@@ -531,10 +533,9 @@ class NamespaceWatch : public std::enable_shared_from_this<NamespaceWatch> {
       if (newest != nullptr) {
         outcome.exit_code = exitCodeOf(*newest);
       }
-      outcome.detail = t->killed ? "The Kubernetes Job " + ns_ + "/" + name +
-                                       " was deleted on request."
-                                 : "The Kubernetes Job " + ns_ + "/" + name +
-                                       " was deleted before it finished.";
+      outcome.detail =
+          t->killed ? "The Kubernetes Job " + ns_ + "/" + name + " was deleted on request."
+                    : "The Kubernetes Job " + ns_ + "/" + name + " was deleted before it finished.";
       decide(t, std::move(outcome));
       return;
     }
@@ -550,12 +551,13 @@ class NamespaceWatch : public std::enable_shared_from_this<NamespaceWatch> {
     if (!conditionTrue(job->second, "Failed", &reason, &message)) {
       return;
     }
-    const std::string why = reason.empty() ? std::string("failed")
-                                           : reason + (message.empty() ? "" : ": " + message);
+    const std::string why =
+        reason.empty() ? std::string("failed") : reason + (message.empty() ? "" : ": " + message);
     if (newest != nullptr && podEvicted(*newest)) {
       Outcome outcome;
-      outcome.detail = "Pod " + objectName(*newest) + " was evicted: " +
-                       str(at(*newest, "status"), "message") + " (Job " + why + ")";
+      outcome.detail = "Pod " + objectName(*newest) +
+                       " was evicted: " + str(at(*newest, "status"), "message") + " (Job " + why +
+                       ")";
       decide(t, std::move(outcome));
       return;
     }
@@ -635,25 +637,25 @@ class NamespaceWatch : public std::enable_shared_from_this<NamespaceWatch> {
     std::weak_ptr<NamespaceWatch> weak = weak_from_this();
     const std::string image = str(*status, "image");
     const auto timeout = t->pod_watch_timeout;
-    t->pull_timer = executor_.schedule(
-        std::chrono::duration_cast<std::chrono::milliseconds>(timeout),
-        [weak, t, pod_name, image, timeout]() {
-          auto self = weak.lock();
-          if (!self || self->stopped_ || t->outcome) {
-            return;
-          }
-          std::string detail = "The image";
-          if (!image.empty()) {
-            detail += " '" + image + "'";
-          }
-          detail += " of pod " + pod_name + " could not be pulled for " +
-                    std::to_string(timeout.count()) +
-                    " s (pod_watch_timeout_seconds); the Job was deleted.";
-          Outcome outcome;
-          outcome.detail = detail;
-          self->deleteJob(t->name, std::chrono::seconds(0), [](Result<void>) {});
-          self->decide(t, std::move(outcome));
-        });
+    t->pull_timer =
+        executor_.schedule(std::chrono::duration_cast<std::chrono::milliseconds>(timeout),
+                           [weak, t, pod_name, image, timeout]() {
+                             auto self = weak.lock();
+                             if (!self || self->stopped_ || t->outcome) {
+                               return;
+                             }
+                             std::string detail = "The image";
+                             if (!image.empty()) {
+                               detail += " '" + image + "'";
+                             }
+                             detail += " of pod " + pod_name + " could not be pulled for " +
+                                       std::to_string(timeout.count()) +
+                                       " s (pod_watch_timeout_seconds); the Job was deleted.";
+                             Outcome outcome;
+                             outcome.detail = detail;
+                             self->deleteJob(t->name, std::chrono::seconds(0), [](Result<void>) {});
+                             self->decide(t, std::move(outcome));
+                           });
   }
 
  public:
@@ -700,8 +702,8 @@ class NamespaceWatch : public std::enable_shared_from_this<NamespaceWatch> {
       }
       t->log_calls.erase(pod);
       // 400 while the container is still being created: try again shortly.
-      const bool again = result && result->status == 400 && !t->outcome &&
-                         attempt < kMaxLogAttempts;
+      const bool again =
+          result && result->status == 400 && !t->outcome && attempt < kMaxLogAttempts;
       if (again) {
         t->log_retry = self->executor_.schedule(std::chrono::seconds(1), [weak, t, pod, attempt]() {
           if (auto s = weak.lock(); s && !s->stopped_) {
@@ -712,15 +714,16 @@ class NamespaceWatch : public std::enable_shared_from_this<NamespaceWatch> {
       }
       if (result && (result->status < 200 || result->status >= 300) && t->log &&
           result->status != 404) {
-        t->log->log(LogLevel::Warning, "Could not follow the logs of pod " + pod + ": " +
-                                           apiError(*result, ApiAction{"get", "pods/log", self->ns_, pod},
-                                                    self->api_->connection().server)
-                                               .message);
+        t->log->log(LogLevel::Warning,
+                    "Could not follow the logs of pod " + pod + ": " +
+                        apiError(*result, ApiAction{"get", "pods/log", self->ns_, pod},
+                                 self->api_->connection().server)
+                            .message);
       }
       self->maybeFinish(t);
     };
-    const std::string target = podsPath(ns_) + "/" + urlEncode(pod) + "/log?container=" +
-                               std::string(kContainerName) + "&follow=true";
+    const std::string target = podsPath(ns_) + "/" + urlEncode(pod) +
+                               "/log?container=" + std::string(kContainerName) + "&follow=true";
     t->log_calls[pod] = api_->stream(target, std::move(handlers));
   }
 
@@ -873,26 +876,27 @@ class KubernetesBackend::Core : public std::enable_shared_from_this<Core> {
                  std::function<void(Result<Json>)> done) {
     std::weak_ptr<Core> weak = weak_from_this();
     const std::string target = jobsPath(ns);
-    api->call("POST", target, manifest, ApiAction{"create", "jobs", ns, ""},
-              [weak, api, ns, manifest, attempt, done = std::move(done)](Result<Json> answer) mutable {
-                auto self = weak.lock();
-                if (!self) {
-                  return;
-                }
-                if (!answer && answer.error().kind == ErrorKind::Transient &&
-                    answer.error().http_status == 0 &&
-                    attempt + 1 < self->settings_.create_attempts && !self->stopped_) {
-                  self->retry_timers_.push_back(self->executor_.schedule(
-                      self->settings_.create_retry_delay,
-                      [weak, api, ns, manifest, attempt, done = std::move(done)]() mutable {
-                        if (auto s = weak.lock()) {
-                          s->createJob(api, ns, std::move(manifest), attempt + 1, std::move(done));
-                        }
-                      }));
-                  return;
-                }
-                done(std::move(answer));
-              });
+    api->call(
+        "POST", target, manifest, ApiAction{"create", "jobs", ns, ""},
+        [weak, api, ns, manifest, attempt, done = std::move(done)](Result<Json> answer) mutable {
+          auto self = weak.lock();
+          if (!self) {
+            return;
+          }
+          if (!answer && answer.error().kind == ErrorKind::Transient &&
+              answer.error().http_status == 0 && attempt + 1 < self->settings_.create_attempts &&
+              !self->stopped_) {
+            self->retry_timers_.push_back(self->executor_.schedule(
+                self->settings_.create_retry_delay,
+                [weak, api, ns, manifest, attempt, done = std::move(done)]() mutable {
+                  if (auto s = weak.lock()) {
+                    s->createJob(api, ns, std::move(manifest), attempt + 1, std::move(done));
+                  }
+                }));
+            return;
+          }
+          done(std::move(answer));
+        });
   }
 
   boost::asio::io_context& io_;
@@ -1044,8 +1048,8 @@ void KubernetesBackend::wait(const RunHandle& handle, std::shared_ptr<LogSink> l
   Result<std::shared_ptr<NamespaceWatch>> watch =
       info ? core->watchOf(*info) : Result<std::shared_ptr<NamespaceWatch>>(info.error());
   if (!watch || core->stopped_) {
-    Error error = watch ? makeError(ErrorKind::Cancelled, "the backend has shut down")
-                        : watch.error();
+    Error error =
+        watch ? makeError(ErrorKind::Cancelled, "the backend has shut down") : watch.error();
     core->executor_.post([done = std::move(done), error]() { done(error); });
     return;
   }

@@ -190,17 +190,16 @@ Result<Json> validateJobManifest(Json manifest, const std::string& namespace_) {
       metadata["namespace"] = namespace_;
     }
   }
-  const Json base = {
-      {"apiVersion", "batch/v1"},
-      {"kind", "Job"},
-      {"metadata", {{"annotations", Json::object()}, {"labels", Json::object()}}},
-      {"spec",
-       {{"template",
-         {{"spec",
-           {{"parallelism", 1},
-            {"completions", 1},
-            {"restartPolicy", "Never"},
-            {"containers", Json::array({{{"name", kContainerName}}})}}}}}}}};
+  const Json base = {{"apiVersion", "batch/v1"},
+                     {"kind", "Job"},
+                     {"metadata", {{"annotations", Json::object()}, {"labels", Json::object()}}},
+                     {"spec",
+                      {{"template",
+                        {{"spec",
+                          {{"parallelism", 1},
+                           {"completions", 1},
+                           {"restartPolicy", "Never"},
+                           {"containers", Json::array({{{"name", kContainerName}}})}}}}}}}};
   std::vector<std::string> missing;
   std::vector<std::string> incompatible;
   checkAgainst(manifest, base, "", missing, incompatible);
@@ -269,9 +268,8 @@ Result<Json> prepareJobManifest(const Json& configuration, const RunContext& run
   Json env_list = Json::array();
   if (env.is_object()) {
     const auto behaviour = env.find(kSigtermVariable);
-    const Json& backoff = manifest["spec"].contains("backoffLimit")
-                              ? manifest["spec"]["backoffLimit"]
-                              : Json();
+    const Json& backoff =
+        manifest["spec"].contains("backoffLimit") ? manifest["spec"]["backoffLimit"] : Json();
     const bool zero = backoff.is_number() && backoff.get<double>() == 0;
     if (zero) {
       if (behaviour == env.end() || behaviour->is_null() ||
@@ -282,7 +280,8 @@ Result<Json> prepareJobManifest(const Json& configuration, const RunContext& run
       env[kSigtermVariable] = "relinquish";
     }
     for (const auto& [key, value] : env.items()) {
-      env_list.push_back({{"name", key}, {"value", value.is_string() ? value : Json(asString(value))}});
+      env_list.push_back(
+          {{"name", key}, {"value", value.is_string() ? value : Json(asString(value))}});
     }
   } else if (env.is_array()) {
     env_list = env;

@@ -1,8 +1,5 @@
 #include "tests/fakes/fake_kube.h"
 
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <array>
 #include <atomic>
 #include <condition_variable>
@@ -21,6 +18,9 @@
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 namespace poolworker::testing {
 
@@ -68,8 +68,8 @@ std::vector<std::string> split(const std::string& text, char sep) {
 
 Json status(int code, const std::string& reason, const std::string& message,
             Json details = nullptr) {
-  Json s = {{"kind", "Status"},       {"apiVersion", "v1"}, {"metadata", Json::object()},
-            {"status", "Failure"},    {"message", message}, {"reason", reason},
+  Json s = {{"kind", "Status"},    {"apiVersion", "v1"}, {"metadata", Json::object()},
+            {"status", "Failure"}, {"message", message}, {"reason", reason},
             {"code", code}};
   if (!details.is_null()) {
     s["details"] = std::move(details);
@@ -80,7 +80,8 @@ Json status(int code, const std::string& reason, const std::string& message,
 bool matches(const Json& object, const std::map<std::string, std::string>& selector) {
   const Json labels = object["metadata"].value("labels", Json::object());
   for (const auto& [key, value] : selector) {
-    if (!labels.contains(key) || !labels[key].is_string() || labels[key].get<std::string>() != value) {
+    if (!labels.contains(key) || !labels[key].is_string() ||
+        labels[key].get<std::string>() != value) {
       return false;
     }
   }
@@ -134,7 +135,7 @@ struct FakeKube::Impl {
   // Timed controller actions.
   std::multimap<std::chrono::steady_clock::time_point, std::function<void()>> timers;
 
-  std::list<std::thread> connection_threads;
+  int active_connections = 0;
   std::list<std::shared_ptr<tcp::socket>> sockets;
 
   // ---- store (mutex held) ----
@@ -243,13 +244,12 @@ struct FakeKube::Impl {
                   {"uid", uid()},
                   {"labels", labels},
                   {"creationTimestamp", nowIso()},
-                  {"ownerReferences",
-                   Json::array({{{"apiVersion", "batch/v1"},
-                                 {"kind", "Job"},
-                                 {"name", job_name},
-                                 {"uid", job["metadata"]["uid"]},
-                                 {"controller", true},
-                                 {"blockOwnerDeletion", true}}})}}},
+                  {"ownerReferences", Json::array({{{"apiVersion", "batch/v1"},
+                                                    {"kind", "Job"},
+                                                    {"name", job_name},
+                                                    {"uid", job["metadata"]["uid"]},
+                                                    {"controller", true},
+                                                    {"blockOwnerDeletion", true}}})}}},
                 {"spec", templ["spec"]},
                 {"status", {{"phase", "Pending"}}}};
     putPod(ns, pod, "ADDED");
@@ -279,9 +279,11 @@ struct FakeKube::Impl {
     Json pod = it->second;
     using Kind = PodScript::Kind;
     if (script.kind == Kind::Pending) {
-      pod["status"]["conditions"] = Json::array(
-          {{{"type", "PodScheduled"}, {"status", "False"}, {"reason", "Unschedulable"},
-            {"message", "0/1 nodes are available: 1 Insufficient cpu."}}});
+      pod["status"]["conditions"] =
+          Json::array({{{"type", "PodScheduled"},
+                        {"status", "False"},
+                        {"reason", "Unschedulable"},
+                        {"message", "0/1 nodes are available: 1 Insufficient cpu."}}});
       putPod(ns, pod, "MODIFIED");
       return;
     }
@@ -289,8 +291,7 @@ struct FakeKube::Impl {
       const char* reason = stage == 1 ? "ErrImagePull" : "ImagePullBackOff";
       pod["status"]["containerStatuses"] = containerStatus(
           image, {{"waiting",
-                   {{"reason", reason},
-                    {"message", "Back-off pulling image \"" + image + "\""}}}});
+                   {{"reason", reason}, {"message", "Back-off pulling image \"" + image + "\""}}}});
       putPod(ns, pod, "MODIFIED");
       if (stage == 1) {
         after(script.step, [=, this]() { step(ns, pod_name, job_name, script, image, 2); });
@@ -318,10 +319,12 @@ struct FakeKube::Impl {
       pod["status"]["phase"] = "Failed";
       pod["status"]["reason"] = "Evicted";
       pod["status"]["message"] = "The node was low on resource: memory.";
-      pod["status"]["containerStatuses"] = containerStatus(
-          image, {{"terminated", {{"reason", "ContainerStatusUnknown"},
-                                  {"message", "The container could not be located when the pod "
-                                              "was terminated"}}}});
+      pod["status"]["containerStatuses"] =
+          containerStatus(image, {{"terminated",
+                                   {{"reason", "ContainerStatusUnknown"},
+                                    {"message",
+                                     "The container could not be located when the pod "
+                                     "was terminated"}}}});
       putPod(ns, pod, "MODIFIED");
       failJob(ns, job_name, "BackoffLimitExceeded", "Job has reached the specified backoff limit");
       return;
@@ -338,11 +341,11 @@ struct FakeKube::Impl {
     Json pod = it->second;
     const std::string image = pod["spec"]["containers"][0].value("image", "");
     pod["status"]["phase"] = exit_code == 0 ? "Succeeded" : "Failed";
-    pod["status"]["containerStatuses"] = containerStatus(
-        image, {{"terminated",
-                 {{"exitCode", exit_code},
-                  {"reason", exit_code == 0 ? "Completed" : "Error"},
-                  {"finishedAt", nowIso()}}}});
+    pod["status"]["containerStatuses"] =
+        containerStatus(image, {{"terminated",
+                                 {{"exitCode", exit_code},
+                                  {"reason", exit_code == 0 ? "Completed" : "Error"},
+                                  {"finishedAt", nowIso()}}}});
     putPod(ns, pod, "MODIFIED");
     changed.notify_all();  // Log followers end with the container.
     if (exit_code == 0) {
@@ -351,12 +354,12 @@ struct FakeKube::Impl {
         return;
       }
       Json updated = job->second;
-      updated["status"] = {{"succeeded", 1},
-                           {"active", 0},
-                           {"completionTime", nowIso()},
-                           {"conditions",
-                            Json::array({{{"type", "SuccessCriteriaMet"}, {"status", "True"}},
-                                         {{"type", "Complete"}, {"status", "True"}}})}};
+      updated["status"] = {
+          {"succeeded", 1},
+          {"active", 0},
+          {"completionTime", nowIso()},
+          {"conditions", Json::array({{{"type", "SuccessCriteriaMet"}, {"status", "True"}},
+                                      {{"type", "Complete"}, {"status", "True"}}})}};
       putJob(ns, updated, "MODIFIED");
     } else {
       failJob(ns, job_name, "BackoffLimitExceeded", "Job has reached the specified backoff limit");
@@ -370,14 +373,14 @@ struct FakeKube::Impl {
       return;
     }
     Json updated = job->second;
-    updated["status"] = {{"failed", 1},
-                         {"active", 0},
-                         {"conditions",
-                          Json::array({{{"type", "FailureTarget"}, {"status", "True"}},
-                                       {{"type", "Failed"},
-                                        {"status", "True"},
-                                        {"reason", reason},
-                                        {"message", message}}})}};
+    updated["status"] = {
+        {"failed", 1},
+        {"active", 0},
+        {"conditions", Json::array({{{"type", "FailureTarget"}, {"status", "True"}},
+                                    {{"type", "Failed"},
+                                     {"status", "True"},
+                                     {"reason", reason},
+                                     {"message", message}}})}};
     putJob(ns, updated, "MODIFIED");
   }
 
@@ -404,7 +407,16 @@ struct FakeKube::Impl {
         env.push_back(std::string(name) + "=" + value);
       }
     }
+    ++kubelet_threads;
     std::thread([this, ns, pod_name, job_name, argv, env]() {
+      struct Done {
+        Impl* impl;
+        ~Done() {
+          std::lock_guard lock(impl->mutex);
+          --impl->kubelet_threads;
+          impl->changed.notify_all();
+        }
+      } done{this};
       int pipefd[2];
       if (argv.empty() || pipe(pipefd) != 0) {
         std::lock_guard lock(mutex);
@@ -455,6 +467,7 @@ struct FakeKube::Impl {
     }).detach();
   }
   std::map<std::string, pid_t> kubelet_pids;
+  int kubelet_threads = 0;
 
   void controllerLoop() {
     std::unique_lock lock(mutex);
@@ -524,7 +537,16 @@ struct FakeKube::Impl {
         continue;
       }
       sockets.push_back(socket);
-      connection_threads.emplace_back([this, socket]() { connection(socket); });
+      ++active_connections;
+      // Detached: a benchmark makes thousands of connections; the destructor waits for the
+      // count of active ones to reach zero instead of joining each.
+      std::thread([this, socket]() {
+        connection(socket);
+        std::lock_guard done(mutex);
+        sockets.remove(socket);
+        --active_connections;
+        changed.notify_all();
+      }).detach();
     }
   }
 
@@ -597,27 +619,31 @@ struct FakeKube::Impl {
     std::size_t base = 0;
     if (parts.size() >= 4 && parts[1] == "api" && parts[2] == "v1" && parts[3] == "namespaces") {
       base = 4;
-    } else if (parts.size() >= 5 && parts[1] == "apis" && parts[2] == "batch" &&
-               parts[3] == "v1" && parts[4] == "namespaces") {
+    } else if (parts.size() >= 5 && parts[1] == "apis" && parts[2] == "batch" && parts[3] == "v1" &&
+               parts[4] == "namespaces") {
       base = 5;
       group = "batch";
     } else if (path == "/version") {
-      return send(socket, json(200, {{"major", "1"}, {"minor", "31"}, {"gitVersion", "v1.31.0-fake"}}));
+      return send(socket,
+                  json(200, {{"major", "1"}, {"minor", "31"}, {"gitVersion", "v1.31.0-fake"}}));
     } else {
-      return send(socket, json(404, status(404, "NotFound", "the server could not find the requested resource")));
+      return send(socket, json(404, status(404, "NotFound",
+                                           "the server could not find the requested resource")));
     }
     if (parts.size() > base) ns = percentDecode(parts[base]);
     if (parts.size() > base + 1) resource = parts[base + 1];
     if (parts.size() > base + 2) name = percentDecode(parts[base + 2]);
     if (parts.size() > base + 3) sub = parts[base + 3];
     if ((group == "batch") != (resource == "jobs") && !resource.empty()) {
-      return send(socket, json(404, status(404, "NotFound", "the server could not find the requested resource")));
+      return send(socket, json(404, status(404, "NotFound",
+                                           "the server could not find the requested resource")));
     }
     const std::string method(request.method_string());
     std::string verb;
     if (method == "GET") {
       verb = query.count("watch") != 0 && query["watch"] == "true" ? "watch"
-             : name.empty() ? "list" : "get";
+             : name.empty()                                        ? "list"
+                                                                   : "get";
     } else if (method == "POST") {
       verb = "create";
     } else if (method == "DELETE") {
@@ -652,12 +678,14 @@ struct FakeKube::Impl {
     }
     if (resource != "jobs" && resource != "pods") {
       lock.unlock();
-      return send(socket, json(404, status(404, "NotFound", "the server could not find the requested resource")));
+      return send(socket, json(404, status(404, "NotFound",
+                                           "the server could not find the requested resource")));
     }
     if (verb == "create") {
       if (resource != "jobs") {
         lock.unlock();
-        return send(socket, json(405, status(405, "MethodNotAllowed", "not supported by the fake")));
+        return send(socket,
+                    json(405, status(405, "MethodNotAllowed", "not supported by the fake")));
       }
       return createJob(socket, lock, ns, request.body());
     }
@@ -665,12 +693,14 @@ struct FakeKube::Impl {
       deletions.push_back(target.substr(q == std::string::npos ? target.size() : q + 1));
       if (resource != "jobs" || name.empty()) {
         lock.unlock();
-        return send(socket, json(405, status(405, "MethodNotAllowed", "not supported by the fake")));
+        return send(socket,
+                    json(405, status(405, "MethodNotAllowed", "not supported by the fake")));
       }
       if (jobs[ns].count(name) == 0) {
         lock.unlock();
-        return send(socket, json(404, status(404, "NotFound", "jobs.batch \"" + name + "\" not found",
-                                             {{"name", name}, {"group", "batch"}, {"kind", "jobs"}})));
+        return send(socket,
+                    json(404, status(404, "NotFound", "jobs.batch \"" + name + "\" not found",
+                                     {{"name", name}, {"group", "batch"}, {"kind", "jobs"}})));
       }
       std::string policy = query.count("propagationPolicy") ? query["propagationPolicy"] : "";
       const Json body = Json::parse(request.body(), nullptr, false);
@@ -705,7 +735,8 @@ struct FakeKube::Impl {
         const auto eq = term.find('=');
         if (eq == std::string::npos) {
           lock.unlock();
-          return send(socket, json(400, status(400, "BadRequest", "the fake supports only k=v selectors")));
+          return send(socket,
+                      json(400, status(400, "BadRequest", "the fake supports only k=v selectors")));
         }
         std::string value = term.substr(eq + 1);
         if (!value.empty() && value[0] == '=') {
@@ -744,7 +775,8 @@ struct FakeKube::Impl {
     }
     Json job = Json::parse(body, nullptr, false);
     if (!job.is_object()) {
-      return fail(400, status(400, "BadRequest", "the body of the request was in an unknown format"));
+      return fail(400,
+                  status(400, "BadRequest", "the body of the request was in an unknown format"));
     }
     const auto invalid = [&](const std::string& name, const std::string& field,
                              const std::string& message) {
@@ -931,12 +963,11 @@ struct FakeKube::Impl {
       const auto now = std::chrono::steady_clock::now();
       if (out.empty() && bookmarks && now - idle_since > std::chrono::milliseconds(500) &&
           rv > since) {
-        const Json object = {
-            {"kind", kind == "jobs" ? "Job" : "Pod"},
-            {"apiVersion", kind == "jobs" ? "batch/v1" : "v1"},
-            {"metadata",
-             {{"resourceVersion", std::to_string(rv)},
-              {"annotations", {{"k8s.io/initial-events-end", "true"}}}}}};
+        const Json object = {{"kind", kind == "jobs" ? "Job" : "Pod"},
+                             {"apiVersion", kind == "jobs" ? "batch/v1" : "v1"},
+                             {"metadata",
+                              {{"resourceVersion", std::to_string(rv)},
+                               {"annotations", {{"k8s.io/initial-events-end", "true"}}}}}};
         out = Json({{"type", "BOOKMARK"}, {"object", object}}).dump() + "\n";
         since = rv;
         sent_rv = std::max(sent_rv, rv);
@@ -990,13 +1021,17 @@ FakeKube::~FakeKube() {
   }
   impl_->accept_thread.join();
   impl_->controller_thread.join();
-  std::list<std::thread> threads;
   {
-    std::lock_guard lock(impl_->mutex);
-    threads.swap(impl_->connection_threads);
-  }
-  for (auto& thread : threads) {
-    thread.join();
+    std::unique_lock lock(impl_->mutex);
+    for (const auto& [pod, pid] : impl_->kubelet_pids) {
+      ::kill(pid, SIGTERM);
+    }
+    while (impl_->active_connections > 0 || impl_->kubelet_threads > 0) {
+      for (auto& socket : impl_->sockets) {
+        socket->shutdown(tcp::socket::shutdown_both, ignored);
+      }
+      impl_->changed.wait_for(lock, std::chrono::milliseconds(50));
+    }
   }
   impl_->acceptor.close(ignored);
 }
@@ -1006,11 +1041,12 @@ std::string FakeKube::url() const { return "http://127.0.0.1:" + std::to_string(
 unsigned short FakeKube::port() const { return impl_->port; }
 
 std::string FakeKube::kubeconfig(const std::string& namespace_) const {
-  return "apiVersion: v1\nkind: Config\ncurrent-context: fake\nclusters:\n- name: fake\n  cluster:\n"
+  return "apiVersion: v1\nkind: Config\ncurrent-context: fake\nclusters:\n- name: fake\n  "
+         "cluster:\n"
          "    server: " +
-         url() +
-         "\nusers:\n- name: fake\n  user:\n    token: " + kToken +
-         "\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: " +
+         url() + "\nusers:\n- name: fake\n  user:\n    token: " + kToken +
+         "\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    "
+         "namespace: " +
          namespace_ + "\n";
 }
 

@@ -38,11 +38,11 @@ namespace poolworker::testing {
 /// @brief What the fake kubelet does with a Job's pod.
 struct PodScript {
   enum class Kind {
-    Exit,       ///< Pending, Running, then the container exits with `exit_code`.
-    Hold,       ///< Pending, Running, then waits for `FakeKube::finishPod`.
-    Evict,      ///< Pending, Running, then the pod is evicted (no exit code).
-    PullFail,   ///< Stays Pending: the image cannot be pulled (ErrImagePull, ImagePullBackOff).
-    Pending,    ///< Stays Pending (unschedulable), without any container status.
+    Exit,      ///< Pending, Running, then the container exits with `exit_code`.
+    Hold,      ///< Pending, Running, then waits for `FakeKube::finishPod`.
+    Evict,     ///< Pending, Running, then the pod is evicted (no exit code).
+    PullFail,  ///< Stays Pending: the image cannot be pulled (ErrImagePull, ImagePullBackOff).
+    Pending,   ///< Stays Pending (unschedulable), without any container status.
   };
   Kind kind = Kind::Exit;
   int exit_code = 0;

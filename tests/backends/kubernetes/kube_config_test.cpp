@@ -40,7 +40,8 @@ clusters:
 - name: prod-cluster
   cluster:
     server: https://10.1.2.3:6443
-    certificate-authority-data: )") + kCaBase64 + R"(
+    certificate-authority-data: )") +
+                           kCaBase64 + R"(
 users:
 - name: robot
   user:
@@ -142,10 +143,10 @@ current-context: b
 clusters: [{name: shared, cluster: {server: "https://b.example"}}]
 contexts: [{name: a, context: {cluster: none, user: none}}]
 )");
-  auto connection = loadKubeconfigFiles((dir.path() / "a").string() + ":" +
-                                            (dir.path() / "missing").string() + ":" +
-                                            (dir.path() / "b").string(),
-                                        "", "");
+  auto connection =
+      loadKubeconfigFiles((dir.path() / "a").string() + ":" + (dir.path() / "missing").string() +
+                              ":" + (dir.path() / "b").string(),
+                          "", "");
   ASSERT_TRUE(connection.ok()) << connection.error().message;
   EXPECT_EQ(connection->server, "https://b.example");
   EXPECT_EQ(connection->token.get().valueOr(""), "ta");

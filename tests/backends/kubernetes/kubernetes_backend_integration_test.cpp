@@ -32,15 +32,13 @@ class KubernetesBackendTest : public ::testing::Test {
   Result<RunHandle> start(const Json& vars, const std::string& id,
                           std::shared_ptr<RecordingSink> sink) {
     const StartRequest request = makeRequest(vars, id);
-    return await<RunHandle>(io, [&](Callback<RunHandle> done) {
-      backend->start(request, sink, std::move(done));
-    });
+    return await<RunHandle>(
+        io, [&](Callback<RunHandle> done) { backend->start(request, sink, std::move(done)); });
   }
 
   Result<Outcome> wait(const RunHandle& handle, std::shared_ptr<RecordingSink> sink) {
-    return await<Outcome>(io, [&](Callback<Outcome> done) {
-      backend->wait(handle, sink, std::move(done));
-    });
+    return await<Outcome>(
+        io, [&](Callback<Outcome> done) { backend->wait(handle, sink, std::move(done)); });
   }
 
   static std::string jobName(const RunHandle& handle) { return handle.data.value("job", ""); }
@@ -116,8 +114,7 @@ TEST_F(KubernetesBackendTest, ImagePullFailureLongerThanThePodWatchTimeoutEndsTh
   auto outcome = wait(*handle, sink);
   ASSERT_TRUE(outcome.ok()) << outcome.error().message;
   EXPECT_FALSE(outcome->exit_code.has_value());
-  EXPECT_NE(outcome->detail.find("registry.invalid/nope:1"), std::string::npos)
-      << outcome->detail;
+  EXPECT_NE(outcome->detail.find("registry.invalid/nope:1"), std::string::npos) << outcome->detail;
   EXPECT_NE(outcome->detail.find("could not be pulled"), std::string::npos);
   EXPECT_NE(sink->messages().find("cannot pull its image (ErrImagePull)"), std::string::npos)
       << sink->messages();
@@ -336,15 +333,14 @@ TEST_F(KubernetesBackendTest, RecoveryAfterRestartFindsTheJobAndFollowsIt) {
   // The worker stops; a new one (another name, as a default worker name is random) recovers.
   backend->shutdown();
   const Json journalled = {{"pid", handle->infrastructure_pid}, {"data", handle->data}};
-  backend = std::make_unique<KubernetesBackend>(io, executor,
-                                                cluster.settings("another-worker-name"));
+  backend =
+      std::make_unique<KubernetesBackend>(io, executor, cluster.settings("another-worker-name"));
   RunHandle restored;
   restored.backend = "kubernetes";
   restored.infrastructure_pid = journalled["pid"];
   restored.data = Json::parse(journalled["data"].dump());
-  auto recovery = await<Recovery>(io, [&](Callback<Recovery> done) {
-    backend->recover(restored, sink, std::move(done));
-  });
+  auto recovery = await<Recovery>(
+      io, [&](Callback<Recovery> done) { backend->recover(restored, sink, std::move(done)); });
   ASSERT_TRUE(recovery.ok()) << recovery.error().message;
   EXPECT_TRUE(recovery->running);
   std::optional<Result<Outcome>> outcome;
@@ -361,9 +357,8 @@ TEST_F(KubernetesBackendTest, RecoveryAfterRestartFindsTheJobAndFollowsIt) {
   // A Job that is gone is NotFound.
   RunHandle gone = restored;
   gone.infrastructure_pid = "default:no-such-job";
-  auto missing = await<Recovery>(io, [&](Callback<Recovery> done) {
-    backend->recover(gone, sink, std::move(done));
-  });
+  auto missing = await<Recovery>(
+      io, [&](Callback<Recovery> done) { backend->recover(gone, sink, std::move(done)); });
   ASSERT_FALSE(missing.ok());
   EXPECT_EQ(missing.error().kind, ErrorKind::NotFound);
 }

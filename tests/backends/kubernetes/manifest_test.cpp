@@ -90,12 +90,13 @@ TEST(ManifestTest, VariablesReachTheJob) {
 }
 
 TEST(ManifestTest, CustomManifestHardCodedEnvGoesAfterGeneratedOnes) {
-  StartRequest request = makeRequest({{"env", {{"A", "generated"}}}},
-                                     "0c000000-0000-0000-0000-000000000003");
-  Json& container = request.configuration["job_manifest"]["spec"]["template"]["spec"]["containers"][0];
-  container["env"] = Json::array({{{"name", "A"}, {"value", "template"}},
-                                  {{"name", "SECRET"},
-                                   {"valueFrom", {{"secretKeyRef", {{"name", "s"}, {"key", "k"}}}}}}});
+  StartRequest request =
+      makeRequest({{"env", {{"A", "generated"}}}}, "0c000000-0000-0000-0000-000000000003");
+  Json& container =
+      request.configuration["job_manifest"]["spec"]["template"]["spec"]["containers"][0];
+  container["env"] = Json::array(
+      {{{"name", "A"}, {"value", "template"}},
+       {{"name", "SECRET"}, {"valueFrom", {{"secretKeyRef", {{"name", "s"}, {"key", "k"}}}}}}});
   auto manifest = prepareJobManifest(request.configuration, request.run);
   ASSERT_TRUE(manifest.ok()) << manifest.error().message;
   const Json& env = (*manifest)["spec"]["template"]["spec"]["containers"][0]["env"];
