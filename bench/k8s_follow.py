@@ -9,7 +9,8 @@ all of them through its shared watch (one list+watch of Jobs and one of Pods per
 Reported, once all N Jobs exist and poolworker has followed them for a settling period:
   * poolworker's resident memory (its process alone);
   * its CPU use (user+system) per second over a measuring window while the Jobs run;
-  * the watch requests the fake received for Jobs and for Pods (both 1 when nothing broke);
+  * its open file descriptors: the shared watches (2) plus, with stream_output, one followed
+    log per running pod;
   * the time from the runs' scheduled time to the N-th Job's creation.
 
   POOLWORKER_BIN=build/bin/poolworker <venv>/bin/python bench/k8s_follow.py [--runs 1000]
@@ -39,6 +40,8 @@ from prefect_kubernetes.worker import KubernetesWorker
 template = KubernetesWorker.get_default_base_job_template()
 # Every Job of the bench is held Running by the fake's kubelet.
 template["variables"]["properties"]["annotations"]["default"] = {"fake-kube/script": "hold"}
+# With stream_output each running pod's log is followed: one connection per pod.
+template["variables"]["properties"]["stream_output"]["default"] = sys.argv[2] == "1"
 with get_client(sync_client=True) as client:
     client.create_work_pool(WorkPoolCreate(name=sys.argv[1], type="kubernetes",
                                            base_job_template=template))
@@ -64,6 +67,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1000)
     parser.add_argument("--settle-seconds", type=float, default=10)
     parser.add_argument("--measure-seconds", type=float, default=30)
+    parser.add_argument("--no-stream-output", action="store_true",
+                        help="pool default stream_output=false: no per-pod log connections")
     args = parser.parse_args()
     poolworker = os.environ.get("POOLWORKER_BIN", str(REPO / "build" / "bin" / "poolworker"))
     fake_bin = os.environ.get("POOLWORKER_FAKE_KUBE", str(Path(poolworker).parent / "fake_kube"))
@@ -82,7 +87,8 @@ def main() -> None:
                    PREFECT_HOME=str(work / "client-home"), PREFECT_WORKER_QUERY_SECONDS="1",
                    KUBECONFIG=str(kubeconfig))
         pool = "k8s-follow"
-        subprocess.run([str(VENV_BIN / "python"), "-c", CREATE_POOL, pool], env=env, check=True)
+        subprocess.run([str(VENV_BIN / "python"), "-c", CREATE_POOL, pool,
+                        "0" if args.no_stream_output else "1"], env=env, check=True)
         worker = start_worker("poolworker", ["--pool", pool, "--type", "kubernetes",
                                              "--prefetch-seconds", "0"],
                               env, work / "worker.log", poolworker, work / "state")
@@ -97,8 +103,7 @@ def main() -> None:
         time.sleep(args.measure_seconds)
         cpu_after = cpu_seconds(worker.pid)
         rss = rss_kib([worker.pid])
-        watches = subprocess.run(["grep", "-c", "", str(work / "worker.log")],
-                                 capture_output=True, text=True).stdout.strip()
+        open_fds = len(os.listdir(f"/proc/{worker.pid}/fd"))
         result = {
             "runs": args.runs,
             "jobs_created": jobs,
@@ -106,7 +111,8 @@ def main() -> None:
             "worker_rss_kib": rss,
             "worker_cpu_percent_while_following": round(
                 100 * (cpu_after - cpu_before) / args.measure_seconds, 2),
-            "worker_log_lines": int(watches or 0),
+            "worker_open_fds": open_fds,
+            "stream_output": not args.no_stream_output,
         }
         print(json.dumps(result, indent=2))
     finally:
