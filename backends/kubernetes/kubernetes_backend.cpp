@@ -125,6 +125,36 @@ bool conditionTrue(const Json& job, const char* type, std::string* reason, std::
   return false;
 }
 
+// What the watch keeps of a Job or Pod: the fields a run's end is read from. A thousand
+// followed runs would otherwise hold a thousand full manifests (env, pod spec) twice over.
+Json slim(const Json& object, bool pod) {
+  const Json& metadata = at(object, "metadata");
+  Json kept_metadata = Json::object();
+  for (const char* key : {"name", "resourceVersion", "creationTimestamp", "deletionTimestamp"}) {
+    if (metadata.contains(key)) {
+      kept_metadata[key] = metadata[key];
+    }
+  }
+  if (pod) {
+    const Json& labels = at(metadata, "labels");
+    Json kept_labels = Json::object();
+    for (const char* key : {"job-name", "batch.kubernetes.io/job-name"}) {
+      if (labels.contains(key)) {
+        kept_labels[key] = labels[key];
+      }
+    }
+    kept_metadata["labels"] = std::move(kept_labels);
+    if (metadata.contains("ownerReferences")) {
+      kept_metadata["ownerReferences"] = metadata["ownerReferences"];
+    }
+  }
+  Json kept = {{"metadata", std::move(kept_metadata)}, {"status", at(object, "status")}};
+  if (!pod && at(object, "spec").contains("backoffLimit")) {
+    kept["spec"] = {{"backoffLimit", object["spec"]["backoffLimit"]}};
+  }
+  return kept;
+}
+
 bool podEvicted(const Json& pod) { return str(at(pod, "status"), "reason") == "Evicted"; }
 
 bool isPullFailure(const std::string& reason) {
@@ -317,7 +347,7 @@ class NamespaceWatch : public std::enable_shared_from_this<NamespaceWatch> {
     for (const auto& item : items) {
       const std::string name = objectName(item);
       present.insert(name);
-      cache[name] = item;
+      cache[name] = slim(item, stream.kind == "pods");
       touched.insert(stream.kind == "jobs" ? name : jobOfPod(item));
     }
     const auto list_rv = revision(stream.rv);
@@ -468,14 +498,14 @@ class NamespaceWatch : public std::enable_shared_from_this<NamespaceWatch> {
         jobs_cache_.erase(name);
         markDeleted(name);
       } else {
-        jobs_cache_[name] = object;
+        jobs_cache_[name] = slim(object, false);
       }
       evaluate(name);
     } else {
       if (type == "DELETED") {
         pods_cache_.erase(name);
       } else {
-        pods_cache_[name] = object;
+        pods_cache_[name] = slim(object, true);
       }
       evaluate(jobOfPod(object));
     }
@@ -609,7 +639,7 @@ class NamespaceWatch : public std::enable_shared_from_this<NamespaceWatch> {
                  t->fetched_pods = true;
                  if (answer) {
                    for (const auto& pod : at(*answer, "items")) {
-                     self->pods_cache_[objectName(pod)] = pod;
+                     self->pods_cache_[objectName(pod)] = slim(pod, true);
                    }
                  }
                  self->evaluate(name);
