@@ -19,8 +19,8 @@ class KubernetesBackendFactory final : public BackendFactory {
     info.version = POOLWORKER_VERSION;
     info.origin = "built-in";
     info.description =
-        "Runs each flow run as a Kubernetes Job, through the Kubernetes API (in a cluster with "
-        "the pod's service account, or outside with a kubeconfig).";
+        "Runs each flow run as a Kubernetes Job through the Kubernetes API, as Prefect's "
+        "Kubernetes worker does";
     return info;
   }
 

@@ -148,6 +148,17 @@ def test_real_cluster_run_completes(api: PrefectApi, worker, pool_name: str) -> 
 # ---- compatibility of the Job manifest with prefect-kubernetes ----------------------------------
 
 
+def test_default_template_is_prefect_kubernetes_own(tmp_path: Path) -> None:
+    from prefect_kubernetes.worker import KubernetesWorker
+
+    result = subprocess.run(
+        [str(POOLWORKER_BIN), "template", "--type", "kubernetes"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == KubernetesWorker.get_default_base_job_template()
+
+
 def _custom_template() -> dict[str, Any]:
     """A pool whose job_manifest was customised: hard-coded env (one from a Secret), a sidecar,
     pod annotations, a node selector, and no {{ env }} placeholder."""
