@@ -8,6 +8,9 @@
 #ifdef POOLWORKER_BACKEND_DOCKER
 #include "backends/docker/factory.h"
 #endif
+#ifdef POOLWORKER_BACKEND_KUBERNETES
+#include "backends/kubernetes/factory.h"
+#endif
 
 namespace poolworker::backends {
 
@@ -19,6 +22,11 @@ Result<void> registerBuiltinBackends(BackendRegistry& registry, boost::asio::io_
 #endif
 #ifdef POOLWORKER_BACKEND_DOCKER
   if (auto added = registry.add(docker::makeFactory(io)); !added) {
+    return added;
+  }
+#endif
+#ifdef POOLWORKER_BACKEND_KUBERNETES
+  if (auto added = registry.add(kubernetes::makeFactory(io)); !added) {
     return added;
   }
 #endif

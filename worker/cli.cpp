@@ -71,6 +71,7 @@ const std::map<std::string, std::vector<OptionDef>>& commandOptions() {
         {"deployment", 'd'},
         {"flow-run", 'f'},
         {"job-variables", 'j'},
+        {"infrastructure", 0, false},
         {"config", 'c'},
         {"plugin-dir", 0},
         {"help", 'h', false}}},
@@ -130,6 +131,8 @@ Result<void> apply(Command& cmd, const std::string& option, const std::string& v
     cmd.no_pause_on_shutdown = true;
   } else if (option == "query-seconds") {
     cmd.query_seconds = value;
+  } else if (option == "infrastructure") {
+    cmd.infrastructure = true;
   } else if (option == "help") {
     cmd.help_topic = cmd.name;
     cmd.name = "help";
@@ -325,11 +328,13 @@ Print the default base job template of a worker type, as JSON. Pools created wit
   }
   if (command == "render") {
     return R"(Usage: poolworker render --pool NAME (--deployment FLOW/DEPLOYMENT | --flow-run ID)
-                         [--job-variables JSON]
+                         [--job-variables JSON] [--infrastructure]
 
 Print the job configuration a run would get: the pool's base job template with the
 deployment's and the flow run's job variables applied, blocks and variables
 resolved, and Prefect's environment and labels added. Secrets are masked.
+With --infrastructure, print what the pool type's backend would create from it
+instead (a container's create body, a Kubernetes Job manifest); nothing is created.
 Needs PREFECT_API_URL (and credentials) like `start`.
 )";
   }
@@ -709,7 +714,32 @@ int runRender(const Command& cmd) {
         if (!s.api.auth_string.empty()) {
           secrets.push_back(s.api.auth_string.reveal());
         }
-        Json shown = maskSecretsInJson(prepared->request.configuration, secrets);
+        Json shown = prepared->request.configuration;
+        if (cmd.infrastructure) {
+          const std::string type = pool_json.value("type", "");
+          BackendFactory* factory = registry.find(type);
+          if (factory == nullptr) {
+            fail("no backend serves pool type '" + type + "'");
+            co_return;
+          }
+          AsioExecutor executor(io);
+          BackendContext context;
+          context.executor = &executor;
+          context.worker_name = ctx.worker_name;
+          auto backend = factory->create(context);
+          if (!backend) {
+            fail(backend.error().message);
+            co_return;
+          }
+          auto preview = (*backend)->preview(prepared->request);
+          (*backend)->shutdown();
+          if (!preview) {
+            fail(preview.error().message);
+            co_return;
+          }
+          shown = std::move(preview).value();
+        }
+        shown = maskSecretsInJson(shown, secrets);
         std::cout << shown.dump(2) << "\n";
       },
       [&](std::exception_ptr) { io.stop(); });

@@ -22,6 +22,7 @@ struct Command {
   std::string deployment;       ///< `render --deployment` (flow/deployment or id).
   std::string flow_run;         ///< `render --flow-run`.
   std::string job_variables;    ///< `render --job-variables` (JSON).
+  bool infrastructure = false;  ///< `render --infrastructure`: the backend's preview instead.
   std::string help_topic;       ///< Command whose help was asked for ("" = overview).
   std::string serve_file;       ///< `serve FILE`: the deployment file.
   bool no_pause_on_shutdown = false;         ///< `serve --no-pause-on-shutdown`.

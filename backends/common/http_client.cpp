@@ -211,8 +211,16 @@ Result<std::shared_ptr<asio::ssl::context>> HttpClientState::tlsContext() {
                            asio::ssl::context::no_sslv3 | asio::ssl::context::no_tlsv1 |
                            asio::ssl::context::no_tlsv1_1,
                        ec);
+  const auto failPem = [&](const std::string& what, const ErrorCode& error) {
+    return makeError(ErrorKind::InvalidConfiguration,
+                     "TLS for " + endpoint.url + ": cannot load " + what + ": " + error.message());
+  };
   if (settings.verify) {
-    if (!settings.ca_file.empty()) {
+    if (!settings.ca_pem.empty()) {
+      if (context->add_certificate_authority(asio::buffer(settings.ca_pem), ec); ec) {
+        return failPem("the inline CA certificate", ec);
+      }
+    } else if (!settings.ca_file.empty()) {
       if (context->load_verify_file(settings.ca_file, ec); ec) {
         return fail("the CA file", settings.ca_file, ec);
       }
@@ -223,7 +231,18 @@ Result<std::shared_ptr<asio::ssl::context>> HttpClientState::tlsContext() {
   } else {
     context->set_verify_mode(asio::ssl::verify_none);
   }
-  if (!settings.cert_file.empty()) {
+  if (!settings.cert_pem.empty()) {
+    if (context->use_certificate_chain(asio::buffer(settings.cert_pem), ec); ec) {
+      return failPem("the inline client certificate", ec);
+    }
+    if (settings.key_pem.empty()) {
+      return makeError(ErrorKind::InvalidConfiguration,
+                       "TLS for " + endpoint.url + ": a client certificate without its key");
+    }
+    if (context->use_private_key(asio::buffer(settings.key_pem), asio::ssl::context::pem, ec); ec) {
+      return failPem("the inline client key", ec);
+    }
+  } else if (!settings.cert_file.empty()) {
     if (context->use_certificate_chain_file(settings.cert_file, ec); ec) {
       return fail("the client certificate", settings.cert_file, ec);
     }

@@ -33,6 +33,13 @@ struct TlsSettings {
   std::string ca_file;    ///< PEM file of trusted CAs; empty: the system's default paths.
   std::string cert_file;  ///< PEM client certificate; empty: none.
   std::string key_file;   ///< PEM key of the client certificate; empty: none.
+  /// PEM text of trusted CAs, used instead of `ca_file` when set (a kubeconfig's
+  /// `certificate-authority-data`). Never logged.
+  std::string ca_pem;
+  /// PEM text of the client certificate, instead of `cert_file` when set.
+  std::string cert_pem;
+  /// PEM text of the client key, instead of `key_file` when set. A secret: never logged.
+  std::string key_pem;
 };
 
 /// @brief Where a server listens.

@@ -136,6 +136,22 @@ class PrefectApi:
                 WorkPoolCreate(name=name, type="docker", base_job_template=template)
             )
 
+    @staticmethod
+    def default_kubernetes_template() -> dict[str, Any]:
+        """The base job template that `prefect work-pool create --type kubernetes` uses."""
+        from prefect_kubernetes.worker import KubernetesWorker
+
+        return KubernetesWorker.get_default_base_job_template()
+
+    def create_kubernetes_pool(
+        self, name: str, base_job_template: Optional[dict[str, Any]] = None
+    ) -> WorkPool:
+        template = base_job_template or self.default_kubernetes_template()
+        with self.client() as client:
+            return client.create_work_pool(
+                WorkPoolCreate(name=name, type="kubernetes", base_job_template=template)
+            )
+
     def read_pool(self, name: str) -> Optional[WorkPool]:
         with self.client() as client:
             try:
