@@ -9,6 +9,7 @@
 #include <iostream>
 #include <map>
 
+#include "backends/plugins/loader.h"
 #include "backends/registry.h"
 #include "worker/async.h"
 #include "worker/exit_codes.h"
@@ -50,7 +51,7 @@ const std::map<std::string, std::vector<OptionDef>>& commandOptions() {
         {"log-format", 0},
         {"plugin-dir", 0},
         {"help", 'h', false}}},
-      {"template", {{"type", 't'}, {"help", 'h', false}}},
+      {"template", {{"type", 't'}, {"plugin-dir", 0}, {"help", 'h', false}}},
       {"render",
        {{"pool", 'p'},
         {"deployment", 'd'},
@@ -240,6 +241,9 @@ Options:
       --no-create-pool-if-not-found
                                Do not create a missing pool.
   -c, --config FILE            YAML config file (or POOLWORKER_CONFIG).
+      --plugin-dir DIR         Load backend plugins from DIR; repeat for several
+                               (POOLWORKER_PLUGIN_DIR, plugin_dirs in the config file).
+                               See docs/plugins.md.
       --state-dir DIR          Where runs are journalled, so that a restarted worker
                                follows them (POOLWORKER_STATE_DIR).
       --log-level LEVEL        trace, debug, info, warning, error (default info).
@@ -258,7 +262,7 @@ next worker; a second one cancels the running flows first.
 )";
   }
   if (command == "template") {
-    return R"(Usage: poolworker template --type TYPE
+    return R"(Usage: poolworker template --type TYPE [--plugin-dir DIR]
 
 Print the default base job template of a worker type, as JSON. Pools created with
 `prefect work-pool create --type TYPE` get the same template.
@@ -275,9 +279,12 @@ Needs PREFECT_API_URL (and credentials) like `start`.
 )";
   }
   if (command == "backends") {
-    return R"(Usage: poolworker backends
+    return R"(Usage: poolworker backends [--plugin-dir DIR]
 
-List the backends (worker types) this poolworker can run, with version and origin.
+List the backends (worker types) this poolworker can run, with version and origin:
+"built-in", or the path of the plugin it was loaded from. --plugin-dir (repeatable,
+or POOLWORKER_PLUGIN_DIR) adds the plugins of a directory; refused plugins are
+listed on stderr with the reason.
 )";
   }
   return R"(poolworker: a small, fast worker for Prefect 3 work pools.
@@ -314,6 +321,59 @@ void initRuntime() {
   ::signal(SIGPIPE, SIG_IGN);
 }
 
+// Plugins for the commands that resolve no full settings (`template`, `backends`): the flags,
+// else POOLWORKER_PLUGIN_DIRS or POOLWORKER_PLUGIN_DIR (comma-separated).
+std::vector<std::string> pluginDirsOf(const Command& cmd) {
+  if (!cmd.start.plugin_dirs.empty()) {
+    return cmd.start.plugin_dirs;
+  }
+  std::vector<std::string> dirs;
+  const Environment env = currentEnvironment();
+  for (const char* name : {"POOLWORKER_PLUGIN_DIRS", "POOLWORKER_PLUGIN_DIR"}) {
+    auto it = env.find(name);
+    if (it == env.end() || it->second.empty()) {
+      continue;
+    }
+    std::string rest = it->second;
+    size_t comma;
+    while ((comma = rest.find(',')) != std::string::npos) {
+      if (comma > 0) {
+        dirs.push_back(rest.substr(0, comma));
+      }
+      rest.erase(0, comma + 1);
+    }
+    if (!rest.empty()) {
+      dirs.push_back(rest);
+    }
+    break;
+  }
+  return dirs;
+}
+
+// Loads the plugins of `dirs` into `registry`; says what was refused (and, to the log, what
+// was loaded). A refused plugin never stops poolworker: the others, and the built-in
+// backends, stay usable.
+void loadPlugins(backends::BackendRegistry& registry, asio::io_context& io,
+                 const std::vector<std::string>& dirs, bool to_log) {
+  if (dirs.empty()) {
+    return;
+  }
+  auto report = backends::plugins::loadPlugins(registry, io, dirs);
+  static const logging::Logger kLog("plugins");
+  for (const auto& line : report.loaded) {
+    if (to_log) {
+      kLog.info("loaded " + line);
+    }
+  }
+  for (const auto& line : report.refused) {
+    if (to_log) {
+      kLog.error(line);
+    } else {
+      std::fprintf(stderr, "poolworker: %s\n", line.c_str());
+    }
+  }
+}
+
 int runStart(const Command& cmd) {
   auto settings = resolveSettings(cmd.start, currentEnvironment());
   if (!settings) {
@@ -330,6 +390,7 @@ int runStart(const Command& cmd) {
     std::fprintf(stderr, "poolworker: %s\n", registered.error().message.c_str());
     return exit_codes::kStartupFailure;
   }
+  loadPlugins(registry, io, settings->plugin_dirs, true);
   prefect::PrefectClient client(io, settings->api, userAgent());
   Worker worker(io, std::move(settings).value(), client, registry, metrics);
   worker.onStarted([] { service::notify("READY=1"); });
@@ -404,6 +465,7 @@ int runTemplate(const Command& cmd) {
     std::fprintf(stderr, "poolworker: %s\n", registered.error().message.c_str());
     return exit_codes::kStartupFailure;
   }
+  loadPlugins(registry, io, pluginDirsOf(cmd), false);
   if (cmd.type.empty()) {
     std::fprintf(stderr, "poolworker: template needs --type (one of: %s)\n",
                  registry.names().c_str());
@@ -426,10 +488,11 @@ int runBackends(const Command&) {
     std::fprintf(stderr, "poolworker: %s\n", registered.error().message.c_str());
     return exit_codes::kStartupFailure;
   }
-  std::printf("%-14s %-10s %-12s %s\n", "TYPE", "VERSION", "ORIGIN", "DESCRIPTION");
+  loadPlugins(registry, io, pluginDirsOf(cmd), false);
+  std::printf("%-16s %-10s %-12s %s\n", "TYPE", "VERSION", "ORIGIN", "DESCRIPTION");
   for (BackendFactory* factory : registry.list()) {
     BackendInfo info = factory->info();
-    std::printf("%-14s %-10s %-12s %s\n", info.name.c_str(), info.version.c_str(),
+    std::printf("%-16s %-10s %-12s %s\n", info.name.c_str(), info.version.c_str(),
                 info.origin.c_str(), info.description.c_str());
   }
   return exit_codes::kOk;
@@ -466,6 +529,7 @@ int runRender(const Command& cmd) {
   asio::io_context io;
   backends::BackendRegistry registry;
   (void)backends::registerBuiltinBackends(registry, io);
+  loadPlugins(registry, io, settings->plugin_dirs, false);
   prefect::PrefectClient client(io, settings->api, userAgent());
   int exit_code = exit_codes::kOk;
   const Settings& s = *settings;
