@@ -481,7 +481,7 @@ int runTemplate(const Command& cmd) {
   return exit_codes::kOk;
 }
 
-int runBackends(const Command&) {
+int runBackends(const Command& cmd) {
   asio::io_context io;
   backends::BackendRegistry registry;
   if (auto registered = backends::registerBuiltinBackends(registry, io); !registered) {

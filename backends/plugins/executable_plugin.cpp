@@ -1,11 +1,11 @@
 #include "backends/plugins/executable_plugin.h"
 
-#include <string.h>
-
-#include <boost/asio/io_context.hpp>
 #include <cmath>
 #include <memory>
 #include <set>
+
+#include <boost/asio/io_context.hpp>
+#include <string.h>
 
 #include <poolworker/plugin_json.h>
 
@@ -73,13 +73,13 @@ Result<Json> interpret(const std::string& who, const std::string& command, milli
   }
   if (r.timed_out) {
     return makeError(ErrorKind::Internal, who + " did not answer `" + command + "` within " +
-                                              seconds(deadline) +
-                                              "; poolworker killed it" + stderrTail(r));
+                                              seconds(deadline) + "; poolworker killed it" +
+                                              stderrTail(r));
   }
   if (r.signal != 0) {
-    return makeError(ErrorKind::Internal, who + " crashed in `" + command +
-                                              "`: killed by signal " + std::to_string(r.signal) +
-                                              " (" + ::strsignal(r.signal) + ")" + stderrTail(r));
+    return makeError(ErrorKind::Internal, who + " crashed in `" + command + "`: killed by signal " +
+                                              std::to_string(r.signal) + " (" +
+                                              ::strsignal(r.signal) + ")" + stderrTail(r));
   }
   const int code = r.exit_code.value_or(-1);
   if (code == exit_code::kOk) {
@@ -98,8 +98,7 @@ Result<Json> interpret(const std::string& who, const std::string& command, milli
   const ErrorKind kind = kindOfExit(code);
   if (kind == ErrorKind::Internal) {
     return makeError(ErrorKind::Internal,
-                     who + " failed in `" + command + "` with exit status " +
-                         std::to_string(code) +
+                     who + " failed in `" + command + "` with exit status " + std::to_string(code) +
                          ", which is not one of the protocol's (a bug in the plugin)" +
                          stderrTail(r));
   }
@@ -118,11 +117,10 @@ Result<Json> interpret(const std::string& who, const std::string& command, milli
 
 // "ERROR: text" and the like choose the level of a stderr line; anything else is information.
 void logStderrLine(LogSink& sink, std::string_view line) {
-  static const std::pair<std::string_view, LogLevel> kPrefixes[] = {
-      {"DEBUG:", LogLevel::Debug},
-      {"INFO:", LogLevel::Info},
-      {"WARNING:", LogLevel::Warning},
-      {"ERROR:", LogLevel::Error}};
+  static const std::pair<std::string_view, LogLevel> kPrefixes[] = {{"DEBUG:", LogLevel::Debug},
+                                                                    {"INFO:", LogLevel::Info},
+                                                                    {"WARNING:", LogLevel::Warning},
+                                                                    {"ERROR:", LogLevel::Error}};
   for (const auto& [prefix, level] : kPrefixes) {
     if (line.substr(0, prefix.size()) == prefix) {
       std::string_view rest = line.substr(prefix.size());
@@ -159,9 +157,9 @@ Result<double> positiveSeconds(const Json& options, const char* key, double fall
     }
   }
   if (!(value > 0) || !std::isfinite(value)) {
-    return makeError(ErrorKind::InvalidConfiguration,
-                     std::string(key) + " must be a number of seconds greater than 0, not " +
-                         it->dump());
+    return makeError(
+        ErrorKind::InvalidConfiguration,
+        std::string(key) + " must be a number of seconds greater than 0, not " + it->dump());
   }
   return value;
 }
@@ -370,9 +368,9 @@ class ExecutableBackend final : public Backend {
     body["state_directory"] = core_->state_directory;
     body["options"] = core_->options;
     auto log = core_->worker_log;
-    CallResult result = runPluginCallSync(
-        core_->description->path, "preview", body.dump(), core_->call_timeout,
-        [log](std::string_view line) { logStderrLine(*log, line); });
+    CallResult result =
+        runPluginCallSync(core_->description->path, "preview", body.dump(), core_->call_timeout,
+                          [log](std::string_view line) { logStderrLine(*log, line); });
     return interpret(label(*core_->description), "preview", core_->call_timeout, result);
   }
 
@@ -444,12 +442,12 @@ Result<BackendFactoryPtr> loadExecutablePlugin(asio::io_context& io, const std::
                                                milliseconds info_timeout) {
   const std::string who = "executable plugin " + path;
   std::string stderr_text;
-  CallResult result = runPluginCallSync(path, "info", "", info_timeout,
-                                        [&stderr_text](std::string_view line) {
-                                          if (stderr_text.size() < 2000) {
-                                            stderr_text.append(line).append("\n");
-                                          }
-                                        });
+  CallResult result =
+      runPluginCallSync(path, "info", "", info_timeout, [&stderr_text](std::string_view line) {
+        if (stderr_text.size() < 2000) {
+          stderr_text.append(line).append("\n");
+        }
+      });
   auto answer = interpret(who, "info", info_timeout, result);
   if (!answer) {
     return refuse(answer.error().message);
@@ -470,9 +468,9 @@ Result<BackendFactoryPtr> loadExecutablePlugin(asio::io_context& io, const std::
   if (auto valid = checkBackendName(description->name); !valid) {
     return refuse(who + ": " + valid.error().message);
   }
-  description->version =
-      info.contains("version") && info["version"].is_string() ? info["version"].get<std::string>()
-                                                              : "";
+  description->version = info.contains("version") && info["version"].is_string()
+                             ? info["version"].get<std::string>()
+                             : "";
   if (description->version.empty()) {
     return refuse(who + ": its `info` answer has no 'version' string");
   }

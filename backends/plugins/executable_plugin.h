@@ -40,8 +40,7 @@ inline constexpr char kPollIntervalOption[] = "poll_interval_seconds";
 /// @param io the event loop its calls will run on.
 /// @param info_timeout how long `info` may take.
 /// @return the factory, or an error saying why the plugin is refused.
-Result<BackendFactoryPtr> loadExecutablePlugin(boost::asio::io_context& io,
-                                               const std::string& path,
+Result<BackendFactoryPtr> loadExecutablePlugin(boost::asio::io_context& io, const std::string& path,
                                                std::chrono::milliseconds info_timeout);
 
 }  // namespace poolworker::backends::plugins

@@ -1,15 +1,15 @@
 #include "backends/plugins/library_plugin.h"
 
-#include <dlfcn.h>
-
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/post.hpp>
-#include <boost/asio/steady_timer.hpp>
 #include <cstddef>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <unordered_map>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <dlfcn.h>
 
 #include <poolworker/plugin_json.h>
 
@@ -223,7 +223,8 @@ class LibraryBackend final : public Backend {
     std::string message = takeBuffer(*plugin_, error);
     if (status != POOLWORKER_OK || instance_ == nullptr) {
       instance_ = nullptr;
-      return pluginError(*plugin_, "create", status == POOLWORKER_OK ? POOLWORKER_ERR_INTERNAL : status,
+      return pluginError(*plugin_, "create",
+                         status == POOLWORKER_OK ? POOLWORKER_ERR_INTERNAL : status,
                          std::move(message));
     }
     return success();
@@ -233,23 +234,23 @@ class LibraryBackend final : public Backend {
              Callback<RunHandle> done) override {
     const std::string text = plugin::toJson(request).dump();
     auto plugin = plugin_;
-    auto completion = pending([plugin, done = std::move(done)](poolworker_status status,
-                                                                std::string data) {
-      if (status != POOLWORKER_OK) {
-        done(pluginError(*plugin, "start", status, std::move(data)));
-        return;
-      }
-      auto parsed = plugin::parseObject(data, who(*plugin) + "'s start result");
-      if (!parsed) {
-        done(std::move(parsed).error());
-        return;
-      }
-      auto handle = plugin::runHandleFromJson(*parsed, who(*plugin) + "'s start result");
-      if (handle) {
-        handle->backend = plugin->descriptor->name;
-      }
-      done(std::move(handle));
-    });
+    auto completion =
+        pending([plugin, done = std::move(done)](poolworker_status status, std::string data) {
+          if (status != POOLWORKER_OK) {
+            done(pluginError(*plugin, "start", status, std::move(data)));
+            return;
+          }
+          auto parsed = plugin::parseObject(data, who(*plugin) + "'s start result");
+          if (!parsed) {
+            done(std::move(parsed).error());
+            return;
+          }
+          auto handle = plugin::runHandleFromJson(*parsed, who(*plugin) + "'s start result");
+          if (handle) {
+            handle->backend = plugin->descriptor->name;
+          }
+          done(std::move(handle));
+        });
     plugin_->descriptor->start(instance_, text.data(), text.size(), toHost(new LogRef{log}),
                                completion);
   }
@@ -258,19 +259,19 @@ class LibraryBackend final : public Backend {
             Callback<Outcome> done) override {
     const std::string text = plugin::toJson(handle).dump();
     auto plugin = plugin_;
-    auto completion = pending([plugin, done = std::move(done)](poolworker_status status,
-                                                                std::string data) {
-      if (status != POOLWORKER_OK) {
-        done(pluginError(*plugin, "wait", status, std::move(data)));
-        return;
-      }
-      auto parsed = plugin::parseObject(data, who(*plugin) + "'s wait result");
-      if (!parsed) {
-        done(std::move(parsed).error());
-        return;
-      }
-      done(plugin::outcomeFromJson(*parsed, who(*plugin) + "'s wait result"));
-    });
+    auto completion =
+        pending([plugin, done = std::move(done)](poolworker_status status, std::string data) {
+          if (status != POOLWORKER_OK) {
+            done(pluginError(*plugin, "wait", status, std::move(data)));
+            return;
+          }
+          auto parsed = plugin::parseObject(data, who(*plugin) + "'s wait result");
+          if (!parsed) {
+            done(std::move(parsed).error());
+            return;
+          }
+          done(plugin::outcomeFromJson(*parsed, who(*plugin) + "'s wait result"));
+        });
     plugin_->descriptor->wait(instance_, text.data(), text.size(), toHost(new LogRef{log}),
                               completion);
   }
@@ -279,8 +280,8 @@ class LibraryBackend final : public Backend {
             Callback<void> done) override {
     const std::string text = plugin::toJson(handle).dump();
     auto plugin = plugin_;
-    auto completion = pending(
-        [plugin, done = std::move(done)](poolworker_status status, std::string data) {
+    auto completion =
+        pending([plugin, done = std::move(done)](poolworker_status status, std::string data) {
           if (status != POOLWORKER_OK) {
             done(pluginError(*plugin, "kill", status, std::move(data)));
             return;
@@ -296,27 +297,27 @@ class LibraryBackend final : public Backend {
                Callback<Recovery> done) override {
     const std::string text = plugin::toJson(handle).dump();
     auto plugin = plugin_;
-    auto completion = pending([plugin, done = std::move(done)](poolworker_status status,
-                                                                std::string data) {
-      if (status != POOLWORKER_OK) {
-        done(pluginError(*plugin, "recover", status, std::move(data)));
-        return;
-      }
-      auto parsed = plugin::parseObject(data, who(*plugin) + "'s recover result");
-      if (!parsed) {
-        done(std::move(parsed).error());
-        return;
-      }
-      done(plugin::recoveryFromJson(*parsed, who(*plugin) + "'s recover result"));
-    });
+    auto completion =
+        pending([plugin, done = std::move(done)](poolworker_status status, std::string data) {
+          if (status != POOLWORKER_OK) {
+            done(pluginError(*plugin, "recover", status, std::move(data)));
+            return;
+          }
+          auto parsed = plugin::parseObject(data, who(*plugin) + "'s recover result");
+          if (!parsed) {
+            done(std::move(parsed).error());
+            return;
+          }
+          done(plugin::recoveryFromJson(*parsed, who(*plugin) + "'s recover result"));
+        });
     plugin_->descriptor->recover(instance_, text.data(), text.size(), toHost(new LogRef{log}),
                                  completion);
   }
 
   void check(Callback<void> done) override {
     auto plugin = plugin_;
-    auto completion = pending(
-        [plugin, done = std::move(done)](poolworker_status status, std::string data) {
+    auto completion =
+        pending([plugin, done = std::move(done)](poolworker_status status, std::string data) {
           if (status != POOLWORKER_OK) {
             done(pluginError(*plugin, "check", status, std::move(data)));
             return;
@@ -407,9 +408,11 @@ Error refuse(const std::string& origin, const std::string& why) {
 Result<BackendFactoryPtr> adaptPlugin(asio::io_context& io, const poolworker_plugin* descriptor,
                                       const std::string& origin) {
   if (descriptor == nullptr) {
-    return refuse(origin, "its entry function returned no descriptor (it refused to work with "
-                          "ABI " + std::to_string(POOLWORKER_PLUGIN_ABI_MAJOR) + "." +
-                              std::to_string(POOLWORKER_PLUGIN_ABI_MINOR) + ")");
+    return refuse(origin,
+                  "its entry function returned no descriptor (it refused to work with "
+                  "ABI " +
+                      std::to_string(POOLWORKER_PLUGIN_ABI_MAJOR) + "." +
+                      std::to_string(POOLWORKER_PLUGIN_ABI_MINOR) + ")");
   }
   if (descriptor->abi_major != POOLWORKER_PLUGIN_ABI_MAJOR) {
     return refuse(origin, "built for plugin ABI " + std::to_string(descriptor->abi_major) + "." +
@@ -421,8 +424,7 @@ Result<BackendFactoryPtr> adaptPlugin(asio::io_context& io, const poolworker_plu
                               std::to_string(descriptor->abi_minor) +
                               ", newer than this poolworker's " +
                               std::to_string(POOLWORKER_PLUGIN_ABI_MAJOR) + "." +
-                              std::to_string(POOLWORKER_PLUGIN_ABI_MINOR) +
-                              "; upgrade poolworker");
+                              std::to_string(POOLWORKER_PLUGIN_ABI_MINOR) + "; upgrade poolworker");
   }
   if (descriptor->struct_size < kDescriptorSizeV1_0) {
     return refuse(origin, "its descriptor is " + std::to_string(descriptor->struct_size) +
@@ -451,8 +453,9 @@ Result<BackendFactoryPtr> adaptPlugin(asio::io_context& io, const poolworker_plu
   if (!plugin->default_template.is_object() ||
       !plugin->default_template.contains("job_configuration") ||
       !plugin->default_template.contains("variables")) {
-    return refuse(origin, "its default_template_json is not a JSON object with "
-                          "'job_configuration' and 'variables'");
+    return refuse(origin,
+                  "its default_template_json is not a JSON object with "
+                  "'job_configuration' and 'variables'");
   }
   Json options = Json::parse(descriptor->options_json, nullptr, false);
   if (options.is_discarded()) {
@@ -483,8 +486,8 @@ Result<BackendFactoryPtr> loadLibraryPlugin(asio::io_context& io, const std::str
       }
       const std::string other = "poolworker_plugin_v" + std::to_string(major);
       if (::dlsym(library, other.c_str()) != nullptr) {
-        return refuse(path, "built for plugin ABI major " + std::to_string(major) + " (it exports " +
-                                other + "); this poolworker loads ABI major " +
+        return refuse(path, "built for plugin ABI major " + std::to_string(major) +
+                                " (it exports " + other + "); this poolworker loads ABI major " +
                                 std::to_string(POOLWORKER_PLUGIN_ABI_MAJOR) + " (" +
                                 POOLWORKER_PLUGIN_ENTRY_SYMBOL + ")");
       }

@@ -1,11 +1,11 @@
 #include "backends/plugins/loader.h"
 
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
+
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "backends/plugins/executable_plugin.h"
 #include "backends/plugins/library_plugin.h"
@@ -22,8 +22,7 @@ Error unsafe(const std::string& message) {
 Result<void> checkOwnerAndMode(const std::string& path, const char* what) {
   struct stat info {};
   if (::stat(path.c_str(), &info) != 0) {
-    return unsafe(std::string(what) + " " + path + " cannot be inspected: " +
-                  std::strerror(errno));
+    return unsafe(std::string(what) + " " + path + " cannot be inspected: " + std::strerror(errno));
   }
   if (info.st_uid != 0 && info.st_uid != ::geteuid()) {
     return unsafe(std::string(what) + " " + path + " belongs to uid " +
@@ -73,8 +72,8 @@ LoadReport loadPlugins(BackendRegistry& registry, boost::asio::io_context& io,
       entries.push_back(entry.path());
     }
     if (error) {
-      report.refused.push_back("plugin directory " + directory + " cannot be read: " +
-                               error.message());
+      report.refused.push_back("plugin directory " + directory +
+                               " cannot be read: " + error.message());
       continue;
     }
     std::sort(entries.begin(), entries.end());
@@ -92,8 +91,8 @@ LoadReport loadPlugins(BackendRegistry& registry, boost::asio::io_context& io,
         report.refused.push_back(safe.error().message);
         continue;
       }
-      auto factory = library ? loadLibraryPlugin(io, path)
-                             : loadExecutablePlugin(io, path, info_timeout);
+      auto factory =
+          library ? loadLibraryPlugin(io, path) : loadExecutablePlugin(io, path, info_timeout);
       if (!factory) {
         report.refused.push_back("refused " + factory.error().message);
         continue;
@@ -103,13 +102,12 @@ LoadReport loadPlugins(BackendRegistry& registry, boost::asio::io_context& io,
         report.refused.push_back("refused plugin " + path + ": " + added.error().message);
         continue;
       }
-      report.loaded.push_back("backend plugin '" + info.name + "' " + info.version + " (" +
-                              (library ? "shared library, ABI " +
-                                             std::to_string(POOLWORKER_PLUGIN_ABI_MAJOR) + "." +
-                                             std::to_string(POOLWORKER_PLUGIN_ABI_MINOR)
-                                       : "executable, protocol " +
-                                             std::to_string(kExecutableProtocolVersion)) +
-                              ") from " + path);
+      report.loaded.push_back(
+          "backend plugin '" + info.name + "' " + info.version + " (" +
+          (library ? "shared library, ABI " + std::to_string(POOLWORKER_PLUGIN_ABI_MAJOR) + "." +
+                         std::to_string(POOLWORKER_PLUGIN_ABI_MINOR)
+                   : "executable, protocol " + std::to_string(kExecutableProtocolVersion)) +
+          ") from " + path);
     }
   }
   return report;

@@ -77,16 +77,16 @@ extern "C" {
  */
 typedef int32_t poolworker_status;
 enum {
-  POOLWORKER_OK = 0,                       /**< Success. */
-  POOLWORKER_ERR_TRANSIENT = 1,            /**< May go away by itself; retried. */
-  POOLWORKER_ERR_INFRASTRUCTURE = 2,       /**< The infrastructure could not run the flow. */
-  POOLWORKER_ERR_RUN_FAILED = 3,           /**< The user's flow ran and failed. */
-  POOLWORKER_ERR_INVALID_CONFIGURATION = 4,/**< Bad job configuration or option. */
-  POOLWORKER_ERR_NOT_FOUND = 5,            /**< The run or object does not exist. */
-  POOLWORKER_ERR_UNAUTHORIZED = 6,         /**< Credentials were refused. */
-  POOLWORKER_ERR_UNSUPPORTED = 7,          /**< The operation is not implemented. */
-  POOLWORKER_ERR_CANCELLED = 8,            /**< Abandoned: the worker stops, a deadline passed. */
-  POOLWORKER_ERR_INTERNAL = 9              /**< A bug or an unexpected answer. */
+  POOLWORKER_OK = 0,                        /**< Success. */
+  POOLWORKER_ERR_TRANSIENT = 1,             /**< May go away by itself; retried. */
+  POOLWORKER_ERR_INFRASTRUCTURE = 2,        /**< The infrastructure could not run the flow. */
+  POOLWORKER_ERR_RUN_FAILED = 3,            /**< The user's flow ran and failed. */
+  POOLWORKER_ERR_INVALID_CONFIGURATION = 4, /**< Bad job configuration or option. */
+  POOLWORKER_ERR_NOT_FOUND = 5,             /**< The run or object does not exist. */
+  POOLWORKER_ERR_UNAUTHORIZED = 6,          /**< Credentials were refused. */
+  POOLWORKER_ERR_UNSUPPORTED = 7,           /**< The operation is not implemented. */
+  POOLWORKER_ERR_CANCELLED = 8,             /**< Abandoned: the worker stops, a deadline passed. */
+  POOLWORKER_ERR_INTERNAL = 9               /**< A bug or an unexpected answer. */
 };
 
 /** @brief Severity of a log message; the levels of `poolworker::LogLevel`. */

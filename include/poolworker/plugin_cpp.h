@@ -189,9 +189,9 @@ void guarded(const Instance& instance, const std::shared_ptr<Completion>& comple
     completion->fail(makeError(ErrorKind::Internal, "backend plugin '" + instance.plugin_name +
                                                         "' threw in " + what + ": " + e.what()));
   } catch (...) {
-    completion->fail(makeError(ErrorKind::Internal, "backend plugin '" + instance.plugin_name +
-                                                        "' threw a non-standard exception in " +
-                                                        what));
+    completion->fail(makeError(
+        ErrorKind::Internal,
+        "backend plugin '" + instance.plugin_name + "' threw a non-standard exception in " + what));
   }
 }
 
@@ -207,8 +207,7 @@ class Glue {
       static Glue glue;
       return &glue.descriptor_;
     } catch (const std::exception& e) {
-      std::fprintf(stderr, "backend plugin: its factory failed to describe itself: %s\n",
-                   e.what());
+      std::fprintf(stderr, "backend plugin: its factory failed to describe itself: %s\n", e.what());
     } catch (...) {
       std::fprintf(stderr, "backend plugin: its factory failed to describe itself\n");
     }
@@ -466,8 +465,8 @@ class Glue {
 
 /// @brief Exports factory class `FACTORY` as this library's backend plugin. Use once per
 /// library, at namespace scope, in a source file.
-#define POOLWORKER_PLUGIN(FACTORY)                                                          \
-  extern "C" POOLWORKER_PLUGIN_EXPORT const poolworker_plugin* poolworker_plugin_v1(        \
-      uint32_t host_abi_major, uint32_t host_abi_minor) {                                   \
+#define POOLWORKER_PLUGIN(FACTORY)                                                            \
+  extern "C" POOLWORKER_PLUGIN_EXPORT const poolworker_plugin* poolworker_plugin_v1(          \
+      uint32_t host_abi_major, uint32_t host_abi_minor) {                                     \
     return ::poolworker::plugin_sdk::Glue<FACTORY>::describe(host_abi_major, host_abi_minor); \
   }

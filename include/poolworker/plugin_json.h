@@ -102,11 +102,16 @@ inline Result<std::optional<int>> exitCodeField(const Json& object, const std::s
 
 /// @brief {"flow_run_id": ..., ...}: every field of `RunContext`.
 inline Json toJson(const RunContext& run) {
-  return Json{{"flow_run_id", run.flow_run_id},       {"flow_run_name", run.flow_run_name},
-              {"flow_id", run.flow_id},               {"flow_name", run.flow_name},
-              {"deployment_id", run.deployment_id},   {"deployment_name", run.deployment_name},
-              {"work_pool_name", run.work_pool_name}, {"work_pool_id", run.work_pool_id},
-              {"worker_name", run.worker_name},       {"api_url", run.api_url}};
+  return Json{{"flow_run_id", run.flow_run_id},
+              {"flow_run_name", run.flow_run_name},
+              {"flow_id", run.flow_id},
+              {"flow_name", run.flow_name},
+              {"deployment_id", run.deployment_id},
+              {"deployment_name", run.deployment_name},
+              {"work_pool_name", run.work_pool_name},
+              {"work_pool_id", run.work_pool_id},
+              {"worker_name", run.worker_name},
+              {"api_url", run.api_url}};
 }
 
 /// @brief Reads a `RunContext`; missing fields are empty.
@@ -139,8 +144,7 @@ inline Result<StartRequest> startRequestFromJson(const Json& json) {
   request.run = runContextFromJson(json.value("run", Json::object()));
   auto it = json.find("configuration");
   if (it == json.end() || !it->is_object()) {
-    return makeError(ErrorKind::InvalidConfiguration,
-                     "the request has no 'configuration' object");
+    return makeError(ErrorKind::InvalidConfiguration, "the request has no 'configuration' object");
   }
   request.configuration = *it;
   return request;

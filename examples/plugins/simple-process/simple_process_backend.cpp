@@ -1,16 +1,16 @@
 #include "simple_process_backend.h"
 
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <vector>
+
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-#include <cstring>
-#include <fstream>
-#include <sstream>
-#include <vector>
 
 extern char** environ;  // NOLINT(readability-identifier-naming)
 
@@ -104,8 +104,8 @@ poolworker::Result<Plan> plan(const poolworker::StartRequest& request, const Set
       }
     }
   }
-  if (auto it = config.find("working_dir"); it != config.end() && it->is_string() &&
-                                            !it->get<std::string>().empty()) {
+  if (auto it = config.find("working_dir");
+      it != config.end() && it->is_string() && !it->get<std::string>().empty()) {
     struct stat info {};
     if (::stat(it->get<std::string>().c_str(), &info) != 0 || !S_ISDIR(info.st_mode)) {
       return makeError(ErrorKind::InvalidConfiguration,
@@ -220,8 +220,7 @@ void SimpleProcessBackend::start(const poolworker::StartRequest& request,
       &attributes,
       static_cast<short>(POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF));
   pid_t pid = -1;
-  const int error =
-      ::posix_spawn(&pid, argv[0], &actions, &attributes, argv.data(), envp.data());
+  const int error = ::posix_spawn(&pid, argv[0], &actions, &attributes, argv.data(), envp.data());
   posix_spawn_file_actions_destroy(&actions);
   posix_spawnattr_destroy(&attributes);
   if (error != 0) {
@@ -238,8 +237,8 @@ void SimpleProcessBackend::start(const poolworker::StartRequest& request,
                  {"status_file", status_file},
                  {"output_file", output_file},
                  {"stream_output", planned->stream_output}};
-  log->log(poolworker::LogLevel::Info, "simple-process: started process " + std::to_string(pid) +
-                                           " in " + working_dir);
+  log->log(poolworker::LogLevel::Info,
+           "simple-process: started process " + std::to_string(pid) + " in " + working_dir);
   done(std::move(handle));
 }
 
@@ -297,8 +296,8 @@ void SimpleProcessBackend::recover(const poolworker::RunHandle& handle,
   }
   auto code = readStatus(handle.data.value("status_file", ""));
   if (!code) {
-    done(makeError(ErrorKind::NotFound, "process " + std::to_string(pid) +
-                                            " is gone and left no exit status"));
+    done(makeError(ErrorKind::NotFound,
+                   "process " + std::to_string(pid) + " is gone and left no exit status"));
     return;
   }
   recovery.outcome.exit_code = code;

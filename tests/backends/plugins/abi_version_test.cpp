@@ -2,12 +2,11 @@
 // header's text (comments removed, whitespace collapsed, so that documentation may be edited
 // freely) must be the one recorded for its version in include/poolworker/plugin_abi.lock.
 
-#include <openssl/evp.h>
-
 #include <regex>
 #include <sstream>
 
 #include <gtest/gtest.h>
+#include <openssl/evp.h>
 
 #include <poolworker/plugin.h>
 
@@ -82,8 +81,8 @@ TEST(PluginAbiVersion, TheHeaderHashIsTheOneRecordedForItsVersion) {
   }
   ASSERT_FALSE(recorded.empty()) << "plugin_abi.lock records no version";
   EXPECT_EQ(recorded.back().first, version)
-      << "the last version in plugin_abi.lock must be the header's " << version
-      << "; add a line '" << version << " " << hash << "' when you bump it";
+      << "the last version in plugin_abi.lock must be the header's " << version << "; add a line '"
+      << version << " " << hash << "' when you bump it";
   for (const auto& [v, h] : recorded) {
     if (v == version) {
       EXPECT_EQ(h, hash) << "include/poolworker/plugin.h changed, but its ABI version is still "

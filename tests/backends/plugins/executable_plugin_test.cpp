@@ -1,15 +1,15 @@
 // Executable plugins: the protocol (requests, answers, exit codes, stderr), the deadline, and
 // plugins that crash, hang or answer nonsense; the example script-process runs real processes.
 
-#include <sys/stat.h>
+#include "backends/plugins/executable_plugin.h"
 
-#include <boost/asio/io_context.hpp>
 #include <fstream>
 
+#include <boost/asio/io_context.hpp>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
-#include "backends/plugins/executable_plugin.h"
 #include "tests/backends/plugins/plugin_test_support.h"
 #include "worker/async.h"
 
@@ -66,16 +66,14 @@ class ExecutablePlugin : public ::testing::Test {
   }
 
   Result<RunHandle> start(Backend& backend, const StartRequest& r) {
-    auto out = runToEnd<RunHandle>(io_, [&](Callback<RunHandle> done) {
-      backend.start(r, log_, std::move(done));
-    });
+    auto out = runToEnd<RunHandle>(
+        io_, [&](Callback<RunHandle> done) { backend.start(r, log_, std::move(done)); });
     return out ? std::move(*out) : Result<RunHandle>(makeError(ErrorKind::Internal, "no answer"));
   }
 
   Result<Outcome> wait(Backend& backend, const RunHandle& handle) {
-    auto out = runToEnd<Outcome>(io_, [&](Callback<Outcome> done) {
-      backend.wait(handle, log_, std::move(done));
-    });
+    auto out = runToEnd<Outcome>(
+        io_, [&](Callback<Outcome> done) { backend.wait(handle, log_, std::move(done)); });
     return out ? std::move(*out) : Result<Outcome>(makeError(ErrorKind::Internal, "no answer"));
   }
 
@@ -100,9 +98,8 @@ TEST_F(ExecutablePlugin, ScriptProcessRunsACommandToItsExitCodeAndRecoversIt) {
   ASSERT_TRUE(outcome.ok()) << outcome.error().message;
   EXPECT_EQ(outcome->exit_code, 5);
 
-  auto recovered = runToEnd<Recovery>(io_, [&](Callback<Recovery> done) {
-    backend->recover(*handle, log_, std::move(done));
-  });
+  auto recovered = runToEnd<Recovery>(
+      io_, [&](Callback<Recovery> done) { backend->recover(*handle, log_, std::move(done)); });
   ASSERT_TRUE(recovered && recovered->ok());
   EXPECT_FALSE((*recovered)->running);
   EXPECT_EQ((*recovered)->outcome.exit_code, 5);
@@ -114,9 +111,8 @@ TEST_F(ExecutablePlugin, ScriptProcessKillEndsARunningRun) {
   ASSERT_NE(backend, nullptr);
   auto handle = start(*backend, request("sleep 60"));
   ASSERT_TRUE(handle.ok()) << handle.error().message;
-  auto killed = runToEnd<void>(io_, [&](Callback<void> done) {
-    backend->kill(*handle, 2s, std::move(done));
-  });
+  auto killed = runToEnd<void>(
+      io_, [&](Callback<void> done) { backend->kill(*handle, 2s, std::move(done)); });
   ASSERT_TRUE(killed && killed->ok()) << (killed ? killed->error().message : "no answer");
   auto outcome = wait(*backend, *handle);
   ASSERT_TRUE(outcome.ok()) << outcome.error().message;
@@ -192,9 +188,10 @@ TEST_F(ExecutablePlugin, AnAnswerThatIsNotAHandleIsRefused) {
 
 TEST_F(ExecutablePlugin, TheRequestCarriesTheRunTheConfigurationAndTheOptions) {
   const auto capture = state_.path() / "request.json";
-  auto backend = shellPlugin("cat > '" + capture.string() +
-                                 "'; echo '{\"infrastructure_pid\": \"h:1\", \"data\": {\"n\": 1}}'",
-                             {{"colour", "red"}});
+  auto backend =
+      shellPlugin("cat > '" + capture.string() +
+                      "'; echo '{\"infrastructure_pid\": \"h:1\", \"data\": {\"n\": 1}}'",
+                  {{"colour", "red"}});
   ASSERT_NE(backend, nullptr);
   StartRequest r = request("python3 -m prefect.engine", {{"A", "b"}});
   r.run.flow_run_name = "crimson-otter";

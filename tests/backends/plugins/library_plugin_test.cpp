@@ -1,14 +1,13 @@
 // Shared-library plugins through the C ABI: the example simple-process plugin runs, stops and
 // recovers real processes; a plugin that throws gets error codes, not a crash.
 
-#include <signal.h>
+#include "backends/plugins/library_plugin.h"
 
 #include <boost/asio/io_context.hpp>
-
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <signal.h>
 
-#include "backends/plugins/library_plugin.h"
 #include "tests/backends/plugins/plugin_test_support.h"
 #include "worker/async.h"
 
@@ -46,16 +45,14 @@ class LibraryPlugin : public ::testing::Test {
   }
 
   Result<RunHandle> start(Backend& backend, const StartRequest& r) {
-    auto out = runToEnd<RunHandle>(io_, [&](Callback<RunHandle> done) {
-      backend.start(r, log_, std::move(done));
-    });
+    auto out = runToEnd<RunHandle>(
+        io_, [&](Callback<RunHandle> done) { backend.start(r, log_, std::move(done)); });
     return out ? std::move(*out) : Result<RunHandle>(makeError(ErrorKind::Internal, "no answer"));
   }
 
   Result<Outcome> wait(Backend& backend, const RunHandle& handle) {
-    auto out = runToEnd<Outcome>(io_, [&](Callback<Outcome> done) {
-      backend.wait(handle, log_, std::move(done));
-    });
+    auto out = runToEnd<Outcome>(
+        io_, [&](Callback<Outcome> done) { backend.wait(handle, log_, std::move(done)); });
     return out ? std::move(*out) : Result<Outcome>(makeError(ErrorKind::Internal, "no answer"));
   }
 
@@ -95,21 +92,18 @@ TEST_F(LibraryPlugin, SimpleProcessKillStopsTheRunAndAnotherInstanceRecoversIt) 
   // A second instance (a restarted worker) finds the running run and the ended one.
   auto second = create("simple-process");
   ASSERT_NE(second, nullptr);
-  auto running = runToEnd<Recovery>(io_, [&](Callback<Recovery> done) {
-    second->recover(*sleeper, log_, std::move(done));
-  });
+  auto running = runToEnd<Recovery>(
+      io_, [&](Callback<Recovery> done) { second->recover(*sleeper, log_, std::move(done)); });
   ASSERT_TRUE(running && running->ok()) << (running ? running->error().message : "no answer");
   EXPECT_TRUE((*running)->running);
-  auto finished = runToEnd<Recovery>(io_, [&](Callback<Recovery> done) {
-    second->recover(*ended, log_, std::move(done));
-  });
+  auto finished = runToEnd<Recovery>(
+      io_, [&](Callback<Recovery> done) { second->recover(*ended, log_, std::move(done)); });
   ASSERT_TRUE(finished && finished->ok());
   EXPECT_FALSE((*finished)->running);
   EXPECT_EQ((*finished)->outcome.exit_code, 7);
 
-  auto killed = runToEnd<void>(io_, [&](Callback<void> done) {
-    second->kill(*sleeper, 2s, std::move(done));
-  });
+  auto killed = runToEnd<void>(
+      io_, [&](Callback<void> done) { second->kill(*sleeper, 2s, std::move(done)); });
   ASSERT_TRUE(killed && killed->ok());
   // The first instance started it: it reaps it and sees the signal.
   auto outcome = wait(*first, *sleeper);

@@ -53,9 +53,9 @@ class PluginWorker : public ::testing::TestWithParam<std::string> {
     o.pool = "pool-" + type;
     o.state_dir = state_dir;
     o.plugin_dirs = {plugins_.path().string()};
-    o.backend_options = {{"script-process", {{"poll_interval_seconds", 0.2}}},
-                         {"faulty-script",
-                          {{"poll_interval_seconds", 0.2}, {"call_timeout_seconds", 2}}}};
+    o.backend_options = {
+        {"script-process", {{"poll_interval_seconds", 0.2}}},
+        {"faulty-script", {{"poll_interval_seconds", 0.2}, {"call_timeout_seconds", 2}}}};
     return o;
   }
 
@@ -142,15 +142,17 @@ TEST_P(PluginWorker, CancellingARunningFlowKillsItThroughThePlugin) {
 
 INSTANTIATE_TEST_SUITE_P(BothKinds, PluginWorker,
                          ::testing::Values("simple-process", "script-process"),
-                         [](const auto& info) {
-                           return info.param == "simple-process" ? std::string("SharedLibrary")
-                                                                 : std::string("Executable");
+                         [](const auto& param_info) {
+                           return param_info.param == "simple-process"
+                                      ? std::string("SharedLibrary")
+                                      : std::string("Executable");
                          });
 
 class FaultyPluginWorker : public PluginWorker {};
 
 TEST_F(FaultyPluginWorker, AThrowingPluginCrashesOneRunWithItsMessageAndRunsTheNext) {
-  const std::string thrown = run("throwing-process", "complete", {{"POOLWORKER_TEST_FAULT", "throw"}});
+  const std::string thrown =
+      run("throwing-process", "complete", {{"POOLWORKER_TEST_FAULT", "throw"}});
   WorkerHarness worker(api_, options("throwing-process", ""));
   ASSERT_TRUE(waitFinal(thrown));
   EXPECT_EQ(stateTypeOf(api_.flowRun(thrown)), "CRASHED");

@@ -1,12 +1,11 @@
 // The plugin loader: which plugins it refuses and why, and what it registers.
 
-#include <sys/stat.h>
-
-#include <boost/asio/io_context.hpp>
 #include <fstream>
 
+#include <boost/asio/io_context.hpp>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include "backends/plugins/library_plugin.h"
 #include "backends/plugins/loader.h"

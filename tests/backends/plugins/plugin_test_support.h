@@ -3,15 +3,14 @@
 // Helpers of the plugin tests: where the built plugins are, a safe plugin directory to copy
 // them into, and running one backend call to its end on a private event loop.
 
-#include <sys/stat.h>
-
-#include <boost/asio/io_context.hpp>
 #include <chrono>
 #include <filesystem>
 #include <optional>
 #include <string>
 
+#include <boost/asio/io_context.hpp>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <poolworker/backend.h>
 
