@@ -236,10 +236,12 @@ const std::vector<Spec>& specs() {
                  Kind::Boolean, flag(&Settings::create_pool_if_not_found)});
     s.push_back({"state_dir", {"POOLWORKER_STATE_DIR"}, false, Kind::String,
                  str(&Settings::state_dir)});
-    s.push_back({"plugin_dirs", {"POOLWORKER_PLUGIN_DIRS", "POOLWORKER_PLUGIN_DIR"}, false,
-                 Kind::StringList, [](Settings& st, const Json& v) {
-                   st.plugin_dirs = v.get<std::vector<std::string>>();
-                 }});
+    s.push_back(
+        {"plugin_dirs",
+         {"POOLWORKER_PLUGIN_DIRS", "POOLWORKER_PLUGIN_DIR"},
+         false,
+         Kind::StringList,
+         [](Settings& st, const Json& v) { st.plugin_dirs = v.get<std::vector<std::string>>(); }});
     // The singular spelling, for a config file that names one directory. Read after
     // plugin_dirs, it must not override a flag or an environment variable.
     s.push_back({"plugin_dir", {}, false, Kind::StringList, [](Settings& st, const Json& v) {
