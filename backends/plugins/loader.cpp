@@ -47,7 +47,7 @@ Result<void> checkSafeToLoad(const std::string& path) {
   if (error) {
     return unsafe("plugin " + path + " cannot be resolved: " + error.message());
   }
-  if (auto dir = checkOwnerAndMode(real.parent_path().string(), "the plugin directory of"); !dir) {
+  if (auto dir = checkOwnerAndMode(real.parent_path().string(), "the plugin directory"); !dir) {
     return unsafe("refused plugin " + path + ": " + dir.error().message);
   }
   if (auto file = checkOwnerAndMode(real.string(), "the file"); !file) {

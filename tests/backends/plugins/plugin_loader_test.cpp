@@ -120,7 +120,7 @@ TEST_F(PluginLoader, RefusesEveryPluginOfADirectoryWritableByOthers) {
   auto report = load();
   ::chmod(dir_.path().c_str(), 0755);
   ASSERT_EQ(report.refused.size(), 1u);
-  EXPECT_THAT(report.refused[0], HasSubstr("the plugin directory of"));
+  EXPECT_THAT(report.refused[0], HasSubstr("the plugin directory " + dir_.path().string()));
   EXPECT_THAT(report.refused[0], HasSubstr("is writable by others (mode 0777)"));
 }
 
