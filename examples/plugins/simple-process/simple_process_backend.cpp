@@ -23,10 +23,16 @@ using poolworker::Json;
 using poolworker::makeError;
 
 // The flow's command runs in an inner shell; the outer one records its exit status in a file
-// (written then renamed, so a reader never sees half of it).
+// (written then renamed, so a reader never sees half of it). The outer shell outlives a SIGTERM
+// or SIGINT to the group: it passes the signal on and waits until the flow has finished
+// reacting to it (reporting its own state to Prefect), so the run ends only after the flow.
 constexpr char kWrapper[] =
-    "sh -c \"$1\"; code=$?; printf '%s\\n' \"$code\" > \"$2.tmp\" && mv -f \"$2.tmp\" \"$2\"; "
-    "exit $code";
+    "sh -c \"$1\" & child=$!\n"
+    "trap 'kill -TERM \"$child\" 2>/dev/null' TERM\n"
+    "trap 'kill -INT \"$child\" 2>/dev/null' INT\n"
+    "while :; do wait \"$child\"; code=$?; kill -0 \"$child\" 2>/dev/null || break; done\n"
+    "printf '%s\\n' \"$code\" > \"$2.tmp\" && mv -f \"$2.tmp\" \"$2\"\n"
+    "exit $code\n";
 
 struct ProcStat {
   char state = '?';
