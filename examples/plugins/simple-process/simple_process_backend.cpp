@@ -94,7 +94,9 @@ poolworker::Result<Plan> plan(const poolworker::StartRequest& request, const Set
                               const std::string& status_file) {
   const Json& config = request.configuration;
   Plan out;
-  std::string command = settings.python + " -m prefect.engine";
+  // exec: the engine replaces the inner shell, so that a signal reaches it alone and the
+  // wrapper waits for the engine itself.
+  std::string command = "exec " + settings.python + " -m prefect.engine";
   if (auto it = config.find("command"); it != config.end() && !it->is_null()) {
     if (!it->is_string()) {
       return makeError(ErrorKind::InvalidConfiguration, "'command' must be a string or null");
