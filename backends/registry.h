@@ -1,6 +1,7 @@
 #pragma once
 
-// The registry of backends: built-in ones and, later, plugins, behind one lookup by name.
+// The registry of backends: built-in ones and plugins (backends/plugins/loader.h), behind one
+// lookup by name.
 
 #include <map>
 #include <string>

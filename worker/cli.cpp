@@ -10,6 +10,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include "backends/plugins/loader.h"
 #include "backends/registry.h"
 #include "worker/async.h"
 #include "worker/exit_codes.h"
@@ -65,7 +66,7 @@ const std::map<std::string, std::vector<OptionDef>>& commandOptions() {
         {"log-level", 0},
         {"log-format", 0},
         {"help", 'h', false}}},
-      {"template", {{"type", 't'}, {"help", 'h', false}}},
+      {"template", {{"type", 't'}, {"plugin-dir", 0}, {"help", 'h', false}}},
       {"render",
        {{"pool", 'p'},
         {"deployment", 'd'},
@@ -269,6 +270,9 @@ Options:
       --no-create-pool-if-not-found
                                Do not create a missing pool.
   -c, --config FILE            YAML config file (or POOLWORKER_CONFIG).
+      --plugin-dir DIR         Load backend plugins from DIR; repeat for several
+                               (POOLWORKER_PLUGIN_DIR, plugin_dirs in the config file).
+                               See docs/plugins.md.
       --state-dir DIR          Where runs are journalled, so that a restarted worker
                                follows them (POOLWORKER_STATE_DIR).
       --log-level LEVEL        trace, debug, info, warning, error (default info).
@@ -320,7 +324,7 @@ Exit codes: 0 after a stop, 1 when start-up failed, 2 for a bad command line or 
 )";
   }
   if (command == "template") {
-    return R"(Usage: poolworker template --type TYPE
+    return R"(Usage: poolworker template --type TYPE [--plugin-dir DIR]
 
 Print the default base job template of a worker type, as JSON. Pools created with
 `prefect work-pool create --type TYPE` get the same template.
@@ -339,9 +343,12 @@ Needs PREFECT_API_URL (and credentials) like `start`.
 )";
   }
   if (command == "backends") {
-    return R"(Usage: poolworker backends
+    return R"(Usage: poolworker backends [--plugin-dir DIR]
 
-List the backends (worker types) this poolworker can run, with version and origin.
+List the backends (worker types) this poolworker can run, with version and origin:
+"built-in", or the path of the plugin it was loaded from. --plugin-dir (repeatable,
+or POOLWORKER_PLUGIN_DIR) adds the plugins of a directory; refused plugins are
+listed on stderr with the reason.
 )";
   }
   return R"(poolworker: a small, fast worker for Prefect 3 work pools.
@@ -379,6 +386,59 @@ void initRuntime() {
   ::signal(SIGPIPE, SIG_IGN);
 }
 
+// Plugins for the commands that resolve no full settings (`template`, `backends`): the flags,
+// else POOLWORKER_PLUGIN_DIRS or POOLWORKER_PLUGIN_DIR (comma-separated).
+std::vector<std::string> pluginDirsOf(const Command& cmd) {
+  if (!cmd.start.plugin_dirs.empty()) {
+    return cmd.start.plugin_dirs;
+  }
+  std::vector<std::string> dirs;
+  const Environment env = currentEnvironment();
+  for (const char* name : {"POOLWORKER_PLUGIN_DIRS", "POOLWORKER_PLUGIN_DIR"}) {
+    auto it = env.find(name);
+    if (it == env.end() || it->second.empty()) {
+      continue;
+    }
+    std::string rest = it->second;
+    size_t comma;
+    while ((comma = rest.find(',')) != std::string::npos) {
+      if (comma > 0) {
+        dirs.push_back(rest.substr(0, comma));
+      }
+      rest.erase(0, comma + 1);
+    }
+    if (!rest.empty()) {
+      dirs.push_back(rest);
+    }
+    break;
+  }
+  return dirs;
+}
+
+// Loads the plugins of `dirs` into `registry`; says what was refused (and, to the log, what
+// was loaded). A refused plugin never stops poolworker: the others, and the built-in
+// backends, stay usable.
+void loadPlugins(backends::BackendRegistry& registry, asio::io_context& io,
+                 const std::vector<std::string>& dirs, bool to_log) {
+  if (dirs.empty()) {
+    return;
+  }
+  auto report = backends::plugins::loadPlugins(registry, io, dirs);
+  static const logging::Logger kLog("plugins");
+  for (const auto& line : report.loaded) {
+    if (to_log) {
+      kLog.info("loaded " + line);
+    }
+  }
+  for (const auto& line : report.refused) {
+    if (to_log) {
+      kLog.error(line);
+    } else {
+      std::fprintf(stderr, "poolworker: %s\n", line.c_str());
+    }
+  }
+}
+
 // Makes the run source of `serve` once the client and backends exist; null for `start`.
 using SourceMaker =
     std::function<std::unique_ptr<RunSource>(prefect::PrefectClient&, backends::BackendRegistry&)>;
@@ -394,6 +454,7 @@ int runWorker(Settings settings, const SourceMaker& make_source) {
     std::fprintf(stderr, "poolworker: %s\n", registered.error().message.c_str());
     return exit_codes::kStartupFailure;
   }
+  loadPlugins(registry, io, settings.plugin_dirs, true);
   prefect::PrefectClient client(io, settings.api, userAgent());
   std::unique_ptr<RunSource> source = make_source ? make_source(client, registry) : nullptr;
   Worker worker(io, std::move(settings), client, registry, metrics);
@@ -557,6 +618,7 @@ int runTemplate(const Command& cmd) {
     std::fprintf(stderr, "poolworker: %s\n", registered.error().message.c_str());
     return exit_codes::kStartupFailure;
   }
+  loadPlugins(registry, io, pluginDirsOf(cmd), false);
   if (cmd.type.empty()) {
     std::fprintf(stderr, "poolworker: template needs --type (one of: %s)\n",
                  registry.names().c_str());
@@ -572,17 +634,18 @@ int runTemplate(const Command& cmd) {
   return exit_codes::kOk;
 }
 
-int runBackends(const Command&) {
+int runBackends(const Command& cmd) {
   asio::io_context io;
   backends::BackendRegistry registry;
   if (auto registered = backends::registerBuiltinBackends(registry, io); !registered) {
     std::fprintf(stderr, "poolworker: %s\n", registered.error().message.c_str());
     return exit_codes::kStartupFailure;
   }
-  std::printf("%-14s %-10s %-12s %s\n", "TYPE", "VERSION", "ORIGIN", "DESCRIPTION");
+  loadPlugins(registry, io, pluginDirsOf(cmd), false);
+  std::printf("%-16s %-10s %-12s %s\n", "TYPE", "VERSION", "ORIGIN", "DESCRIPTION");
   for (BackendFactory* factory : registry.list()) {
     BackendInfo info = factory->info();
-    std::printf("%-14s %-10s %-12s %s\n", info.name.c_str(), info.version.c_str(),
+    std::printf("%-16s %-10s %-12s %s\n", info.name.c_str(), info.version.c_str(),
                 info.origin.c_str(), info.description.c_str());
   }
   return exit_codes::kOk;
@@ -619,6 +682,7 @@ int runRender(const Command& cmd) {
   asio::io_context io;
   backends::BackendRegistry registry;
   (void)backends::registerBuiltinBackends(registry, io);
+  loadPlugins(registry, io, settings->plugin_dirs, false);
   prefect::PrefectClient client(io, settings->api, userAgent());
   int exit_code = exit_codes::kOk;
   const Settings& s = *settings;

@@ -238,9 +238,18 @@ const std::vector<Spec>& specs() {
                  Kind::Boolean, flag(&Settings::create_pool_if_not_found)});
     s.push_back({"state_dir", {"POOLWORKER_STATE_DIR"}, false, Kind::String,
                  str(&Settings::state_dir)});
-    s.push_back({"plugin_dirs", {"POOLWORKER_PLUGIN_DIRS"}, false, Kind::StringList,
-                 [](Settings& st, const Json& v) {
-                   st.plugin_dirs = v.get<std::vector<std::string>>();
+    s.push_back(
+        {"plugin_dirs",
+         {"POOLWORKER_PLUGIN_DIRS", "POOLWORKER_PLUGIN_DIR"},
+         false,
+         Kind::StringList,
+         [](Settings& st, const Json& v) { st.plugin_dirs = v.get<std::vector<std::string>>(); }});
+    // The singular spelling, for a config file that names one directory. Read after
+    // plugin_dirs, it must not override a flag or an environment variable.
+    s.push_back({"plugin_dir", {}, false, Kind::StringList, [](Settings& st, const Json& v) {
+                   if (st.plugin_dirs.empty()) {
+                     st.plugin_dirs = v.get<std::vector<std::string>>();
+                   }
                  }});
 
     s.push_back({"api.url", {"PREFECT_API_URL"}, true, Kind::String,
@@ -775,13 +784,6 @@ Result<Settings> resolveSettings(const StartFlags& flags, const Environment& env
   if (!positive(settings.heartbeat_seconds)) {
     return makeError(ErrorKind::InvalidConfiguration,
                      "PREFECT_WORKER_HEARTBEAT_SECONDS must be greater than 0");
-  }
-  if (!settings.plugin_dirs.empty()) {
-    // Accepted by the parser so that configs written for a later version fail loudly here
-    // instead of silently running without the backends they name.
-    return makeError(ErrorKind::InvalidConfiguration,
-                     "plugin_dirs / --plugin-dir: backend plugins are not supported by this "
-                     "version of poolworker");
   }
   if (settings.prefetch_seconds < 0) {
     return makeError(ErrorKind::InvalidConfiguration, "--prefetch-seconds must not be negative");

@@ -13,6 +13,7 @@
 #include <string>
 #include <thread>
 
+#include "backends/plugins/loader.h"
 #include "backends/registry.h"
 #include "tests/fakes/fake_prefect.h"
 #include "tests/test_support.h"
@@ -39,6 +40,8 @@ struct HarnessOptions {
   int max_retries = 3;
   double retry_base_seconds = 0.05;
   std::string api_url;    ///< Empty: the fake's.
+  std::vector<std::string> plugin_dirs;  ///< Backend plugins to load beside the built-ins.
+  Json backend_options = Json::object();  ///< backends.<name>.<option>, beside the process shim.
 };
 
 /// The command that runs the fake engine, for a deployment's `command` job variable.
@@ -77,7 +80,11 @@ class WorkerHarness {
     s.api.request_timeout_seconds = 10;
     s.prefect_settings["PREFECT_API_URL"] = s.api.url;
     s.backend_options = {{"process", {{"shim_path", binPath("poolworker-run").string()}}}};
+    for (const auto& [name, values] : options_.backend_options.items()) {
+      s.backend_options[name] = values;
+    }
     (void)backends::registerBuiltinBackends(registry_, io_);
+    plugin_report_ = backends::plugins::loadPlugins(registry_, io_, options_.plugin_dirs);
     client_ = std::make_unique<prefect::PrefectClient>(io_, s.api, "poolworker-test/0 (API 0.8.4)");
     worker_ = std::make_unique<Worker>(io_, std::move(s), *client_, registry_, metrics_);
     thread_ = std::thread([this] {
@@ -133,12 +140,16 @@ class WorkerHarness {
 
   const std::string& stateDir() const { return options_.state_dir; }
 
+  /// What the plugin loader loaded and refused.
+  const backends::plugins::LoadReport& pluginReport() const { return plugin_report_; }
+
  private:
   HarnessOptions options_;
   std::unique_ptr<TempDir> own_state_;
   asio::io_context io_;
   Metrics metrics_;
   backends::BackendRegistry registry_;
+  backends::plugins::LoadReport plugin_report_;
   std::unique_ptr<prefect::PrefectClient> client_;
   std::unique_ptr<Worker> worker_;
   std::thread thread_;
