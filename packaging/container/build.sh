@@ -56,11 +56,17 @@ printf 'root:x:0:\npoolworker:x:65532:\n' > "$root/etc/group"
 printf 'hosts: files dns\n' > "$root/etc/nsswitch.conf"
 chmod 1777 "$root/tmp"
 
+# As tar files, because COPY --chown of a folder changes what is in it but not the folder itself:
+# everything belongs to root but the state directory and the home of the user, which are its.
+tar --numeric-owner --owner=0 --group=0 -cf "$context/root.tar" -C "$root" .
+tar --numeric-owner --owner=65532 --group=65532 -cf "$context/user.tar" -C "$root" \
+  ./var/lib/poolworker ./home/poolworker
+rm -rf "$root"
+
 cat > "$context/Dockerfile" <<'DOCKERFILE'
 FROM scratch
-COPY --chown=0:0 rootfs/ /
-COPY --chown=65532:65532 rootfs/var/lib/poolworker /var/lib/poolworker
-COPY --chown=65532:65532 rootfs/home/poolworker /home/poolworker
+ADD root.tar /
+ADD user.tar /
 USER 65532:65532
 ENV HOME=/home/poolworker \
     POOLWORKER_STATE_DIR=/var/lib/poolworker \

@@ -79,8 +79,11 @@ def test_a_flow_runs_through_the_sidecar_image(
         labels={"poolworker-e2e": pool_name},
     )
     try:
-        final = api.wait_for_final(run.id, timeout=RUN_TIMEOUT)
-        logs = worker.logs().decode(errors="replace")
+        try:
+            final = api.wait_for_final(run.id, timeout=RUN_TIMEOUT)
+        finally:
+            logs = worker.logs().decode(errors="replace")
+            print(f"===== the sidecar worker's log:\n{logs}")
         assert final.state.type == StateType.COMPLETED, f"{final.state}\nworker log:\n{logs}"
         api.wait_for_log(run.id, rf"hello from the e2e flow, token={token}")
         worker.reload()
