@@ -160,7 +160,11 @@ def test_restarted_worker_reattaches_to_a_running_flow(
     first = start(worker, pool_name, kind, plugins)
     api.wait_for_run(run.id, lambda r: r.state.type == StateType.RUNNING, timeout=180,
                      what="to be RUNNING")
-    pid = int(pid_file.read_text())
+    # RUNNING is proposed by the engine before the flow's body writes its pid.
+    pid = wait_until(lambda: pid_file.read_text() if pid_file.exists() else "",
+                     lambda text: text.strip().isdigit(), timeout=60,
+                     what=f"the flow to write {pid_file}")
+    pid = int(pid)
 
     # SIGTERM: the worker leaves (its flows go on) and the next one takes over from its journal.
     assert first.stop() == 0, first.output()
