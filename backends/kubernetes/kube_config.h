@@ -74,7 +74,7 @@ struct KubeConnection {
 /// @param context the context to use; empty: `current-context`.
 /// @param base_directory where relative `certificate-authority`, `client-certificate`,
 ///   `client-key` and `tokenFile` paths are resolved.
-/// @param source names the kubeconfig in messages, e.g. "the kubeconfig /root/.kube/config".
+/// @param source names the kubeconfig in messages, e.g. "the kubeconfig ~/.kube/config".
 /// @return the connection, or `InvalidConfiguration` naming the missing or bad entry.
 Result<KubeConnection> parseKubeconfig(const std::string& text, const std::string& context,
                                        const std::filesystem::path& base_directory,

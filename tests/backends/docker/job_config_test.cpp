@@ -38,7 +38,7 @@ TEST(JobConfig, ReadsEveryVariable) {
     "container_create_kwargs": {"user": "1000"},
     "unknown_key": "ignored"
   })");
-  auto job = parseJobConfiguration(configuration, "/work");
+  auto job = parseJobConfiguration(configuration, "/srv");
   ASSERT_TRUE(job.ok()) << job.error().message;
   EXPECT_EQ(job->command, "python -m app");
   EXPECT_EQ(job->env["B"], nullptr);
@@ -49,7 +49,7 @@ TEST(JobConfig, ReadsEveryVariable) {
   EXPECT_EQ(job->networks, (std::vector<std::string>{"a", "b"}));
   EXPECT_EQ(job->network_mode, "bridge");
   EXPECT_TRUE(job->auto_remove);
-  EXPECT_EQ(job->volumes, (std::vector<std::string>{"/work/data:/data", "/x:/y:ro"}));
+  EXPECT_EQ(job->volumes, (std::vector<std::string>{"/srv/data:/data", "/x:/y:ro"}));
   EXPECT_FALSE(job->stream_output);
   EXPECT_EQ(job->mem_limit, Json("1g"));
   EXPECT_EQ(job->memswap_limit, Json(-1));
