@@ -372,9 +372,7 @@ Replace `prefect worker start --pool my-pool` with `poolworker start --pool my-p
 
 namespace {
 
-std::string userAgent() {
-  return std::string("poolworker/") + version() + " (API 0.8.4)";
-}
+std::string userAgent() { return std::string("poolworker/") + version() + " (API 0.8.4)"; }
 
 void initRuntime() {
   // cpprestsdk's default pool starts 40 threads; the worker needs a couple.
@@ -696,9 +694,8 @@ int runRender(const Command& cmd) {
         };
         auto pool = co_await client.readWorkPool(s.pool);
         if (!pool) {
-          fail(pool.error().kind == ErrorKind::NotFound
-                   ? "work pool '" + s.pool + "' not found"
-                   : pool.error().message);
+          fail(pool.error().kind == ErrorKind::NotFound ? "work pool '" + s.pool + "' not found"
+                                                        : pool.error().message);
           co_return;
         }
         Json pool_json = *pool;
@@ -720,10 +717,10 @@ int runRender(const Command& cmd) {
             flow_run["job_variables"] = run_vars;
           }
         }
-        std::string deployment_ref =
-            cmd.flow_run.empty() ? cmd.deployment : flow_run.value("deployment_id", Json()).is_string()
-                                                        ? flow_run["deployment_id"].get<std::string>()
-                                                        : "";
+        std::string deployment_ref = cmd.flow_run.empty() ? cmd.deployment
+                                     : flow_run.value("deployment_id", Json()).is_string()
+                                         ? flow_run["deployment_id"].get<std::string>()
+                                         : "";
         if (!deployment_ref.empty()) {
           Result<Json> dep = makeError(ErrorKind::Internal, "");
           if (looksLikeUuid(deployment_ref)) {

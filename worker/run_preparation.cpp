@@ -195,10 +195,10 @@ Result<Json> prepareConfiguration(Json configuration, const PreparationContext& 
 asio::awaitable<Result<PreparedRun>> prepareRun(prefect::PrefectClient& client,
                                                 const PreparationContext& ctx) {
   const std::string pool_name = str(ctx.pool, "name");
-  Json base_job_template = ctx.pool.is_object() ? ctx.pool.value("base_job_template", Json::object())
-                                                : Json::object();
-  Json deployment_vars = ctx.deployment.is_object() ? ctx.deployment.value("job_variables", Json())
-                                                    : Json();
+  Json base_job_template =
+      ctx.pool.is_object() ? ctx.pool.value("base_job_template", Json::object()) : Json::object();
+  Json deployment_vars =
+      ctx.deployment.is_object() ? ctx.deployment.value("job_variables", Json()) : Json();
   if (!deployment_vars.is_object()) {
     deployment_vars = Json::object();
   }
@@ -209,9 +209,9 @@ asio::awaitable<Result<PreparedRun>> prepareRun(prefect::PrefectClient& client,
   Json job_variables = jobvars::mergeJobVariables(deployment_vars, run_vars);
   auto rendered = jobvars::renderJobConfiguration(base_job_template, job_variables);
   if (!rendered) {
-    co_return makeError(rendered.error().kind, "the base job template of work pool '" +
-                                                   pool_name + "' could not be applied: " +
-                                                   rendered.error().message);
+    co_return makeError(rendered.error().kind,
+                        "the base job template of work pool '" + pool_name +
+                            "' could not be applied: " + rendered.error().message);
   }
 
   PreparedRun prepared;
@@ -255,9 +255,8 @@ asio::awaitable<Result<PreparedRun>> prepareRun(prefect::PrefectClient& client,
       if (variable.error().kind == ErrorKind::NotFound) {
         continue;
       }
-      co_return makeError(variable.error().kind, "variable '" + name +
-                                                     "' could not be read: " +
-                                                     variable.error().message);
+      co_return makeError(variable.error().kind,
+                          "variable '" + name + "' could not be read: " + variable.error().message);
     }
     resolved.variables[name] = variable->value("value", Json(nullptr));
   }

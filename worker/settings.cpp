@@ -27,9 +27,9 @@ struct RawValue {
 enum class Kind { String, Number, Integer, Boolean, StringList, IntList, Object, SecretValue };
 
 struct Spec {
-  std::string key;          // dotted key in the YAML file
+  std::string key;               // dotted key in the YAML file
   std::vector<std::string> env;  // environment variables, first found wins
-  bool prefect = false;     // a Prefect setting: passed on to runs as env[0]
+  bool prefect = false;          // a Prefect setting: passed on to runs as env[0]
   Kind kind = Kind::String;
   std::function<void(Settings&, const Json&)> apply;
 };
@@ -219,25 +219,41 @@ const std::vector<Spec>& specs() {
       return [field](Settings& st, const Json& v) { st.*field = v.get<bool>(); };
     };
     s.push_back({"pool", {"POOLWORKER_POOL"}, false, Kind::String, str(&Settings::pool)});
-    s.push_back({"work_queues", {"POOLWORKER_WORK_QUEUES"}, false, Kind::StringList,
-                 [](Settings& st, const Json& v) {
-                   st.work_queues = v.get<std::vector<std::string>>();
-                 }});
+    s.push_back(
+        {"work_queues",
+         {"POOLWORKER_WORK_QUEUES"},
+         false,
+         Kind::StringList,
+         [](Settings& st, const Json& v) { st.work_queues = v.get<std::vector<std::string>>(); }});
     s.push_back({"name", {"POOLWORKER_NAME"}, false, Kind::String, str(&Settings::name)});
-    s.push_back({"limit", {"POOLWORKER_LIMIT"}, false, Kind::Integer,
-                 [](Settings& st, const Json& v) { st.limit = v.get<int>(); }});
-    s.push_back({"prefetch_seconds", {"PREFECT_WORKER_PREFETCH_SECONDS"}, true, Kind::Number,
+    s.push_back(
+        {"limit", {"POOLWORKER_LIMIT"}, false, Kind::Integer, [](Settings& st, const Json& v) {
+           st.limit = v.get<int>();
+         }});
+    s.push_back({"prefetch_seconds",
+                 {"PREFECT_WORKER_PREFETCH_SECONDS"},
+                 true,
+                 Kind::Number,
                  num(&Settings::prefetch_seconds)});
     s.push_back({"run_once", {}, false, Kind::Boolean, flag(&Settings::run_once)});
     s.push_back({"type", {"POOLWORKER_TYPE"}, false, Kind::String, str(&Settings::type)});
-    s.push_back({"base_job_template", {"POOLWORKER_BASE_JOB_TEMPLATE"}, false, Kind::String,
+    s.push_back({"base_job_template",
+                 {"POOLWORKER_BASE_JOB_TEMPLATE"},
+                 false,
+                 Kind::String,
                  str(&Settings::base_job_template_path)});
-    s.push_back({"with_healthcheck", {"POOLWORKER_WITH_HEALTHCHECK"}, false, Kind::Boolean,
+    s.push_back({"with_healthcheck",
+                 {"POOLWORKER_WITH_HEALTHCHECK"},
+                 false,
+                 Kind::Boolean,
                  flag(&Settings::with_healthcheck)});
-    s.push_back({"create_pool_if_not_found", {"POOLWORKER_CREATE_POOL_IF_NOT_FOUND"}, false,
-                 Kind::Boolean, flag(&Settings::create_pool_if_not_found)});
-    s.push_back({"state_dir", {"POOLWORKER_STATE_DIR"}, false, Kind::String,
-                 str(&Settings::state_dir)});
+    s.push_back({"create_pool_if_not_found",
+                 {"POOLWORKER_CREATE_POOL_IF_NOT_FOUND"},
+                 false,
+                 Kind::Boolean,
+                 flag(&Settings::create_pool_if_not_found)});
+    s.push_back(
+        {"state_dir", {"POOLWORKER_STATE_DIR"}, false, Kind::String, str(&Settings::state_dir)});
     s.push_back(
         {"plugin_dirs",
          {"POOLWORKER_PLUGIN_DIRS", "POOLWORKER_PLUGIN_DIR"},
@@ -252,71 +268,119 @@ const std::vector<Spec>& specs() {
                    }
                  }});
 
-    s.push_back({"api.url", {"PREFECT_API_URL"}, true, Kind::String,
-                 [](Settings& st, const Json& v) {
-                   std::string url = trim(v.get<std::string>());
-                   while (!url.empty() && url.back() == '/') {
-                     url.pop_back();
-                   }
-                   st.api.url = url;
-                 }});
-    s.push_back({"api.key", {"PREFECT_API_KEY"}, true, Kind::SecretValue,
-                 [](Settings& st, const Json& v) { st.api.key = Secret(v.get<std::string>()); }});
-    s.push_back({"api.auth_string", {"PREFECT_API_AUTH_STRING"}, true, Kind::SecretValue,
-                 [](Settings& st, const Json& v) {
-                   st.api.auth_string = Secret(v.get<std::string>());
-                 }});
-    s.push_back({"api.request_timeout", {"PREFECT_API_REQUEST_TIMEOUT"}, true, Kind::Number,
-                 [](Settings& st, const Json& v) {
-                   st.api.request_timeout_seconds = v.get<double>();
-                 }});
-    s.push_back({"api.tls_insecure_skip_verify", {"PREFECT_API_TLS_INSECURE_SKIP_VERIFY"}, true,
-                 Kind::Boolean,
-                 [](Settings& st, const Json& v) {
-                   st.api.tls_insecure_skip_verify = v.get<bool>();
-                 }});
-    s.push_back({"api.ssl_cert_file", {"PREFECT_API_SSL_CERT_FILE", "SSL_CERT_FILE"}, true,
+    s.push_back(
+        {"api.url", {"PREFECT_API_URL"}, true, Kind::String, [](Settings& st, const Json& v) {
+           std::string url = trim(v.get<std::string>());
+           while (!url.empty() && url.back() == '/') {
+             url.pop_back();
+           }
+           st.api.url = url;
+         }});
+    s.push_back(
+        {"api.key", {"PREFECT_API_KEY"}, true, Kind::SecretValue, [](Settings& st, const Json& v) {
+           st.api.key = Secret(v.get<std::string>());
+         }});
+    s.push_back(
+        {"api.auth_string",
+         {"PREFECT_API_AUTH_STRING"},
+         true,
+         Kind::SecretValue,
+         [](Settings& st, const Json& v) { st.api.auth_string = Secret(v.get<std::string>()); }});
+    s.push_back(
+        {"api.request_timeout",
+         {"PREFECT_API_REQUEST_TIMEOUT"},
+         true,
+         Kind::Number,
+         [](Settings& st, const Json& v) { st.api.request_timeout_seconds = v.get<double>(); }});
+    s.push_back(
+        {"api.tls_insecure_skip_verify",
+         {"PREFECT_API_TLS_INSECURE_SKIP_VERIFY"},
+         true,
+         Kind::Boolean,
+         [](Settings& st, const Json& v) { st.api.tls_insecure_skip_verify = v.get<bool>(); }});
+    s.push_back({"api.ssl_cert_file",
+                 {"PREFECT_API_SSL_CERT_FILE", "SSL_CERT_FILE"},
+                 true,
                  Kind::String,
                  [](Settings& st, const Json& v) { st.api.ssl_cert_file = v.get<std::string>(); }});
-    s.push_back({"client.max_retries", {"PREFECT_CLIENT_MAX_RETRIES"}, true, Kind::Integer,
+    s.push_back({"client.max_retries",
+                 {"PREFECT_CLIENT_MAX_RETRIES"},
+                 true,
+                 Kind::Integer,
                  [](Settings& st, const Json& v) { st.api.max_retries = v.get<int>(); }});
-    s.push_back({"client.retry_jitter_factor", {"PREFECT_CLIENT_RETRY_JITTER_FACTOR"}, true,
-                 Kind::Number,
-                 [](Settings& st, const Json& v) { st.api.retry_jitter_factor = v.get<double>(); }});
-    s.push_back({"client.retry_base_seconds", {"POOLWORKER_CLIENT_RETRY_BASE_SECONDS"}, false,
+    s.push_back(
+        {"client.retry_jitter_factor",
+         {"PREFECT_CLIENT_RETRY_JITTER_FACTOR"},
+         true,
+         Kind::Number,
+         [](Settings& st, const Json& v) { st.api.retry_jitter_factor = v.get<double>(); }});
+    s.push_back({"client.retry_base_seconds",
+                 {"POOLWORKER_CLIENT_RETRY_BASE_SECONDS"},
+                 false,
                  Kind::Number,
                  [](Settings& st, const Json& v) { st.api.retry_base_seconds = v.get<double>(); }});
-    s.push_back({"client.retry_extra_codes", {"PREFECT_CLIENT_RETRY_EXTRA_CODES"}, true,
+    s.push_back({"client.retry_extra_codes",
+                 {"PREFECT_CLIENT_RETRY_EXTRA_CODES"},
+                 true,
                  Kind::IntList,
                  [](Settings& st, const Json& v) {
                    st.api.retry_extra_codes = v.get<std::vector<int>>();
                  }});
-    s.push_back({"client.csrf_support_enabled", {"PREFECT_CLIENT_CSRF_SUPPORT_ENABLED"}, true,
+    s.push_back({"client.csrf_support_enabled",
+                 {"PREFECT_CLIENT_CSRF_SUPPORT_ENABLED"},
+                 true,
                  Kind::Boolean,
                  [](Settings& st, const Json& v) { st.api.csrf_support_enabled = v.get<bool>(); }});
-    s.push_back({"client.custom_headers", {"PREFECT_CLIENT_CUSTOM_HEADERS"}, true, Kind::Object,
+    s.push_back({"client.custom_headers",
+                 {"PREFECT_CLIENT_CUSTOM_HEADERS"},
+                 true,
+                 Kind::Object,
                  [](Settings& st, const Json& v) { st.api.custom_headers = v; }});
-    s.push_back({"cloud.api_url", {"PREFECT_CLOUD_API_URL"}, true, Kind::String,
+    s.push_back({"cloud.api_url",
+                 {"PREFECT_CLOUD_API_URL"},
+                 true,
+                 Kind::String,
                  [](Settings& st, const Json& v) { st.api.cloud_api_url = v.get<std::string>(); }});
 
-    s.push_back({"worker.query_seconds", {"PREFECT_WORKER_QUERY_SECONDS"}, true, Kind::Number,
+    s.push_back({"worker.query_seconds",
+                 {"PREFECT_WORKER_QUERY_SECONDS"},
+                 true,
+                 Kind::Number,
                  num(&Settings::query_seconds)});
-    s.push_back({"worker.heartbeat_seconds", {"PREFECT_WORKER_HEARTBEAT_SECONDS"}, true,
-                 Kind::Number, num(&Settings::heartbeat_seconds)});
-    s.push_back({"worker.webserver_host", {"PREFECT_WORKER_WEBSERVER_HOST"}, true, Kind::String,
+    s.push_back({"worker.heartbeat_seconds",
+                 {"PREFECT_WORKER_HEARTBEAT_SECONDS"},
+                 true,
+                 Kind::Number,
+                 num(&Settings::heartbeat_seconds)});
+    s.push_back({"worker.webserver_host",
+                 {"PREFECT_WORKER_WEBSERVER_HOST"},
+                 true,
+                 Kind::String,
                  str(&Settings::webserver_host)});
-    s.push_back({"worker.webserver_port", {"PREFECT_WORKER_WEBSERVER_PORT"}, true, Kind::Integer,
+    s.push_back({"worker.webserver_port",
+                 {"PREFECT_WORKER_WEBSERVER_PORT"},
+                 true,
+                 Kind::Integer,
                  [](Settings& st, const Json& v) { st.webserver_port = v.get<int>(); }});
-    s.push_back({"worker.cancellation_poll_seconds", {"POOLWORKER_CANCELLATION_POLL_SECONDS"},
-                 false, Kind::Number, num(&Settings::cancellation_poll_seconds)});
-    s.push_back({"worker.kill_grace_seconds", {"POOLWORKER_KILL_GRACE_SECONDS"}, false,
-                 Kind::Number, num(&Settings::kill_grace_seconds)});
-    s.push_back({"worker.drain_seconds", {"POOLWORKER_DRAIN_SECONDS"}, false, Kind::Number,
+    s.push_back({"worker.cancellation_poll_seconds",
+                 {"POOLWORKER_CANCELLATION_POLL_SECONDS"},
+                 false,
+                 Kind::Number,
+                 num(&Settings::cancellation_poll_seconds)});
+    s.push_back({"worker.kill_grace_seconds",
+                 {"POOLWORKER_KILL_GRACE_SECONDS"},
+                 false,
+                 Kind::Number,
+                 num(&Settings::kill_grace_seconds)});
+    s.push_back({"worker.drain_seconds",
+                 {"POOLWORKER_DRAIN_SECONDS"},
+                 false,
+                 Kind::Number,
                  num(&Settings::drain_seconds)});
-    s.push_back({"log.level", {"POOLWORKER_LOG_LEVEL"}, false, Kind::String,
-                 str(&Settings::log_level)});
-    s.push_back({"log.format", {"POOLWORKER_LOG_FORMAT"}, false, Kind::String,
-                 str(&Settings::log_format)});
+    s.push_back(
+        {"log.level", {"POOLWORKER_LOG_LEVEL"}, false, Kind::String, str(&Settings::log_level)});
+    s.push_back(
+        {"log.format", {"POOLWORKER_LOG_FORMAT"}, false, Kind::String, str(&Settings::log_format)});
     return s;
   }();
   return kSpecs;
@@ -404,7 +468,8 @@ Result<void> flattenYaml(const std::string& path, const YAML::Node& node, const 
     if (!isKnownKey(key)) {
       return makeError(ErrorKind::InvalidConfiguration, where + ": unknown key '" + key + "'");
     }
-    out.values[key] = RawValue{yamlToJson(item.second), where + " (key '" + key + "')", "config file"};
+    out.values[key] =
+        RawValue{yamlToJson(item.second), where + " (key '" + key + "')", "config file"};
   }
   return success();
 }
@@ -659,7 +724,8 @@ Result<Settings> resolveSettings(const StartFlags& flags, const Environment& env
     if (!chosen && !spec.env.empty()) {
       const std::string& name = spec.env.front();
       if (auto it = file.prefect_settings.find(name); it != file.prefect_settings.end()) {
-        chosen = RawValue{Json(it->second), config_path + " (settings." + name + ")", "config file"};
+        chosen =
+            RawValue{Json(it->second), config_path + " (settings." + name + ")", "config file"};
       } else if (auto p = profile.find(name); p != profile.end()) {
         chosen = RawValue{Json(p->second), "Prefect profile setting " + name, "profile"};
       }
@@ -682,14 +748,15 @@ Result<Settings> resolveSettings(const StartFlags& flags, const Environment& env
   }
 
   // Secrets from files: the API key and auth string need not sit in the environment.
-  auto secret_from_file = [&](const std::string& key, const std::string& env_name,
-                              Secret& target, const std::string& prefect_name) -> Result<void> {
+  auto secret_from_file = [&](const std::string& key, const std::string& env_name, Secret& target,
+                              const std::string& prefect_name) -> Result<void> {
     std::string path;
     std::string origin;
     if (auto it = env.find(env_name); it != env.end() && !it->second.empty()) {
       path = it->second;
       origin = "environment variable " + env_name;
-    } else if (auto f = file.values.find(key); f != file.values.end() && f->second.value.is_string()) {
+    } else if (auto f = file.values.find(key);
+               f != file.values.end() && f->second.value.is_string()) {
       path = f->second.value.get<std::string>();
       origin = f->second.origin;
     }
@@ -753,9 +820,9 @@ Result<Settings> resolveSettings(const StartFlags& flags, const Environment& env
     std::string rest = lower(name.substr(prefix.size()));
     auto underscore = rest.find('_');
     if (underscore == std::string::npos || underscore == 0) {
-      return makeError(ErrorKind::InvalidConfiguration,
-                       "environment variable " + name +
-                           ": expected POOLWORKER_BACKEND_<BACKEND>_<OPTION>");
+      return makeError(
+          ErrorKind::InvalidConfiguration,
+          "environment variable " + name + ": expected POOLWORKER_BACKEND_<BACKEND>_<OPTION>");
     }
     settings.backend_options[rest.substr(0, underscore)][rest.substr(underscore + 1)] = value;
   }
@@ -767,9 +834,9 @@ Result<Settings> resolveSettings(const StartFlags& flags, const Environment& env
   }
   for (char c : std::string("/%")) {
     if (settings.name.find(c) != std::string::npos) {
-      return makeError(ErrorKind::InvalidConfiguration,
-                       std::string("worker name '") + settings.name + "' must not contain '" + c +
-                           "'");
+      return makeError(
+          ErrorKind::InvalidConfiguration,
+          std::string("worker name '") + settings.name + "' must not contain '" + c + "'");
     }
   }
   if (settings.limit && *settings.limit < 1) {
@@ -796,16 +863,17 @@ Result<Settings> resolveSettings(const StartFlags& flags, const Environment& env
     return makeError(ErrorKind::InvalidConfiguration,
                      "log format must be 'text' or 'json', got '" + settings.log_format + "'");
   }
-  static const std::vector<std::string> kLevels = {"trace", "debug", "info",
+  static const std::vector<std::string> kLevels = {"trace",   "debug", "info",
                                                    "warning", "error", "critical"};
   settings.log_level = lower(settings.log_level);
   if (settings.log_level == "warn") {
     settings.log_level = "warning";
   }
   if (std::find(kLevels.begin(), kLevels.end(), settings.log_level) == kLevels.end()) {
-    return makeError(ErrorKind::InvalidConfiguration,
-                     "log level must be one of trace, debug, info, warning, error, critical; got '" +
-                         settings.log_level + "'");
+    return makeError(
+        ErrorKind::InvalidConfiguration,
+        "log level must be one of trace, debug, info, warning, error, critical; got '" +
+            settings.log_level + "'");
   }
   if (auto debug = env.find("PREFECT_WORKER_DEBUG_MODE");
       debug != env.end() && !settings.sources.contains("log.level")) {

@@ -5,8 +5,8 @@
 
 #include <atomic>
 #include <chrono>
-#include <cstdlib>
 #include <condition_variable>
+#include <cstdlib>
 #include <filesystem>
 #include <mutex>
 #include <optional>
@@ -39,8 +39,8 @@ struct HarnessOptions {
   std::string state_dir;  ///< Empty: a temporary directory of the harness.
   int max_retries = 3;
   double retry_base_seconds = 0.05;
-  std::string api_url;    ///< Empty: the fake's.
-  std::vector<std::string> plugin_dirs;  ///< Backend plugins to load beside the built-ins.
+  std::string api_url;                    ///< Empty: the fake's.
+  std::vector<std::string> plugin_dirs;   ///< Backend plugins to load beside the built-ins.
   Json backend_options = Json::object();  ///< backends.<name>.<option>, beside the process shim.
 };
 

@@ -471,7 +471,11 @@ TEST_F(WorkerIntegration, AClaimAcceptedAfterAnotherWorkerFinishedTheRunRestores
 
 TEST_F(WorkerIntegration, SecondStopSignalCancelsRunningFlows) {
   std::string run = api_.createFlowRun(deployment("sleep:120"));
-  WorkerHarness worker(api_, {});
+  // Still draining when the second signal comes, as under systemd's stop timeout: without a
+  // drain time the worker may already have left its runs behind before the second stop.
+  HarnessOptions options;
+  options.drain_seconds = 60;
+  WorkerHarness worker(api_, options);
   ASSERT_TRUE(waitState(run, "RUNNING"));
   worker.stop(StopMode::Drain);
   worker.stop(StopMode::Cancel);
