@@ -1607,8 +1607,10 @@ void FakePrefect::Impl::handle(const http::Request& request, const http::Respond
     RecordedRequest record;
     record.method = request.method;
     record.target = request.target;
-    record.headers = request.headers;
-    record.body = request.body;
+    if (options.record_bodies) {
+      record.headers = request.headers;
+      record.body = request.body;
+    }
     record.time = Clock::now();
     try {
       outcome = process(request, record);
@@ -1617,7 +1619,9 @@ void FakePrefect::Impl::handle(const http::Request& request, const http::Respond
                                              {"fake_prefect", error.what()}});
     }
     record.status = outcome.response.close_connection_without_reply ? 0 : outcome.response.status;
-    record.response_body = outcome.response.body;
+    if (options.record_bodies) {
+      record.response_body = outcome.response.body;
+    }
     requests.push_back(std::move(record));
     if (outcome.hold_rule) {
       held.push_back(HeldAnswer{*outcome.hold_rule, respond, outcome.response});

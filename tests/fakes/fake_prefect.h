@@ -63,6 +63,9 @@ struct FakePrefectOptions {
   int default_limit = 200;
   /// `PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS`.
   std::chrono::seconds concurrency_slot_wait{30};
+  /// Keep each request's headers and bodies in `requests()`. A benchmark that sends hundreds
+  /// of thousands of requests turns it off; method, path, status and time are always kept.
+  bool record_bodies = true;
 };
 
 /// @brief Everything `createFlowRun` can set.
