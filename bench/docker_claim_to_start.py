@@ -8,13 +8,16 @@ clocks are this machine's.
 Uses the end-to-end harness (tests/e2e: its virtualenv, server and worker fixtures, and the image
 built by tests/docker/build-test-images.sh). Run with the e2e venv's python:
 
-    .cache/venv/bin/python bench/docker_claim_to_start.py [--runs 5] [--workers poolworker,prefect]
+    .cache/venv/bin/python bench/docker_claim_to_start.py [--runs 5] [--out bench/results]
+
+Writes docker_claim_to_start.md (table) and docker_claim_to_start.json (raw figures) to --out.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import shutil
 import statistics
 import sys
@@ -84,7 +87,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--workers", default="poolworker,prefect")
+    parser.add_argument("--out", default=str(REPO / "bench" / "results"))
     args = parser.parse_args()
+    results: dict[str, list[float]] = {}
 
     import docker
 
@@ -97,6 +102,7 @@ def main() -> None:
         api = PrefectApi(server.url)
         for kind in args.workers.split(","):
             latencies = measure(api, docker_client, kind, args.runs, workdir)
+            results[kind] = latencies
             print(
                 f"{kind:10s} claim -> container start over {len(latencies)} runs: "
                 f"median {statistics.median(latencies) * 1000:.0f} ms, "
@@ -107,6 +113,28 @@ def main() -> None:
         conftest._stop_process_group(server.process, timeout=20)
         docker_client.close()
         shutil.rmtree(workdir, ignore_errors=True)
+    write_results(Path(args.out), args.runs, results)
+
+
+def write_results(out: Path, runs: int, results: dict[str, list[float]]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "docker_claim_to_start.json").write_text(json.dumps(
+        {"date": dt.datetime.now(dt.timezone.utc).isoformat(), "runs": runs,
+         "latencies_s": results}, indent=2) + "\n")
+    if set(results) != {"poolworker", "prefect"}:
+        return
+    ours, theirs = (statistics.median(results[k]) for k in ("poolworker", "prefect"))
+    lines = [f"Docker, measured {dt.date.today().isoformat()}: the time from a run's claim "
+             "(its PENDING state, the server's timestamp) to its container's start (the engine's "
+             f"`State.StartedAt`), one run at a time, {runs} runs each, same engine and server; "
+             "Prefect's side is prefect-docker's worker. Command: "
+             "`.cache/venv/bin/python bench/docker_claim_to_start.py`.", "",
+             "| Figure | poolworker | prefect worker start (docker) | Ratio |", "|---|---|---|---|",
+             f"| Claim to container start, median | {ours * 1000:.0f} ms | {theirs * 1000:.0f} ms "
+             f"| {theirs / ours:.1f}x faster |",
+             f"| Claim to container start, max | {max(results['poolworker']) * 1000:.0f} ms | "
+             f"{max(results['prefect']) * 1000:.0f} ms | |"]
+    (out / "docker_claim_to_start.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,14 +1,56 @@
 #!/usr/bin/env bash
-# Runs the benchmarks of poolworker beside Prefect's own worker and writes bench/results/
-# (Markdown tables and raw JSON). Builds poolworker and the Prefect virtualenv first.
+# Runs every benchmark of poolworker, beside Prefect's own worker where there is one, and writes
+# bench/results/ (one Markdown table and one JSON file per benchmark, and summary.md, which also
+# goes into the README). Sets up what it needs first: packages, the release build (with the fake
+# servers), the Prefect virtualenv and, when a Docker engine runs, the test images.
 #
-#   bench/run.sh                       everything, default rounds
-#   bench/run.sh --rounds 5 --idle-seconds 60
+#   bench/run.sh                 everything (about 30 minutes on 2 cores)
+#   bench/run.sh --quick         fewer rounds and smaller counts, to check that it all works
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
+
+quick=0
+if [ "${1:-}" = "--quick" ]; then
+  quick=1
+fi
+
 .ci/install-deps
 .ci/build release
 tests/e2e/setup_venv.sh
 venv="${POOLWORKER_VENV:-$repo/.cache/venv}"
-exec "$venv/bin/python" bench/idle_startup.py "$@"
+py="$venv/bin/python"
+out="${POOLWORKER_BENCH_OUT:-$repo/bench/results}"
+mkdir -p "$out"
+export POOLWORKER_BIN="$repo/build/bin/poolworker"
+
+step() { printf '\n==== %s\n' "$*"; }
+
+if [ "$quick" -eq 1 ]; then
+  step "idle and start-up"
+  "$py" bench/idle_startup.py --rounds 1 --out "$out"
+  step "dispatch on the real server"
+  "$py" bench/dispatch.py --rounds 1 --runs 50 --in-flight 10 --out "$out"
+  step "scale against the fake Prefect API"
+  "$py" bench/scale.py --quick --out "$out"
+  step "growth with runs in flight"
+  "$py" bench/growth.py --quick --out "$out"
+else
+  step "idle and start-up"
+  "$py" bench/idle_startup.py --rounds 3 --out "$out"
+  step "dispatch on the real server"
+  "$py" bench/dispatch.py --rounds 2 --out "$out"
+  step "scale against the fake Prefect API"
+  "$py" bench/scale.py --out "$out"
+  step "growth with runs in flight"
+  "$py" bench/growth.py --out "$out"
+fi
+
+if [ -S /var/run/docker.sock ]; then
+  step "Docker: claim to container start"
+  tests/docker/build-test-images.sh
+  "$py" bench/docker_claim_to_start.py --runs "$([ "$quick" -eq 1 ] && echo 2 || echo 5)" --out "$out"
+fi
+
+step "summary"
+"$py" bench/report.py --out "$out"
