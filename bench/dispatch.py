@@ -102,7 +102,7 @@ def dispatch_round(kind: str, limit: int | None, env: dict, work: Path, poolwork
     proc = start_worker(kind, tail, env, work / f"{pool}.log", poolworker, work / f"state-{pool}")
     try:
         created = create_runs(env, pool, count, lead, command)
-        deadline = time.time() + 300
+        deadline = time.time() + 600
         starts: dict[str, float] = {}
         while time.time() < deadline:
             if marks.exists():
@@ -123,15 +123,16 @@ def dispatch_round(kind: str, limit: int | None, env: dict, work: Path, poolwork
                                                         if marks.exists() else [])) - len(starts)}
 
 
-def in_flight_round(kind: str, env: dict, work: Path, poolworker: str, count: int) -> dict:
+def in_flight_round(kind: str, env: dict, work: Path, poolworker: str, count: int,
+                    lead: float) -> dict:
     pool = f"inflight-{kind}-{int(time.time())}"
     subprocess.run([str(VENV_BIN / "prefect"), "work-pool", "create", pool, "--type", "process"],
                    env=env, check=True, stdout=subprocess.DEVNULL)
     proc = start_worker(kind, ["--pool", pool, "--prefetch-seconds", "0"], env,
                         work / f"{pool}.log", poolworker, work / f"state-{pool}")
     try:
-        create_runs(env, pool, count, 5.0, "sleep 120")
-        deadline = time.time() + 300
+        create_runs(env, pool, count, lead, "sleep 120")
+        deadline = time.time() + 600
         while time.time() < deadline:
             running = subprocess.run(["pgrep", "-c", "-f", "^sleep 120$"], capture_output=True,
                                      text=True).stdout.strip()
@@ -180,7 +181,8 @@ def main() -> None:
                     raw[kind][key].append(figures)
                     print(f"round {r + 1} {kind} {key}: {figures}", flush=True)
             for kind in order:
-                figures = in_flight_round(kind, env, work, args.poolworker, args.in_flight)
+                figures = in_flight_round(kind, env, work, args.poolworker, args.in_flight,
+                                          args.lead_seconds)
                 raw[kind]["in_flight"].append(figures)
                 print(f"round {r + 1} {kind} in flight: {figures}", flush=True)
     finally:
