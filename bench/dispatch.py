@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from idle_startup import REPO, VENV_BIN, rss_kib, start_server  # noqa: E402
+from idle_startup import REPO, VENV_BIN, prefect_worker_command, rss_kib, start_server  # noqa: E402
 
 CREATE_RUNS = r"""
 import datetime as dt, json, sys, uuid
@@ -60,7 +60,7 @@ def start_worker(kind: str, argv_tail: list[str], env: dict, log: Path, poolwork
     if kind == "poolworker":
         argv = [poolworker, "start", *argv_tail, "--state-dir", str(state)]
     else:
-        argv = [str(VENV_BIN / "prefect"), "worker", "start", *argv_tail]
+        argv = [*prefect_worker_command(), *argv_tail]
     return subprocess.Popen(argv, env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
                             start_new_session=True)
 
@@ -198,7 +198,8 @@ def main() -> None:
     lines = [f"Dispatch on the real Prefect server, measured {dt.date.today().isoformat()}: "
              f"{args.runs} runs scheduled at once on a process pool, trivial command (`sh -c` "
              "appending the run id and time to a file), both workers polling every 1 s with no "
-             f"prefetch; medians of {args.rounds} alternating round(s). Command: "
+             f"prefetch; medians of {args.rounds} alternating round(s); Prefect's worker from a "
+             "virtualenv with Prefect alone. Command: "
              "`bench/run.sh` (or `.cache/venv/bin/python bench/dispatch.py`).", "",
              "| Figure | poolworker | prefect worker start | Ratio |", "|---|---|---|---|"]
     summary: dict = {}

@@ -18,6 +18,7 @@ fi
 .ci/install-deps
 .ci/build release
 tests/e2e/setup_venv.sh
+bench/setup_prefect_worker.sh
 venv="${POOLWORKER_VENV:-$repo/.cache/venv}"
 py="$venv/bin/python"
 out="${POOLWORKER_BENCH_OUT:-$repo/bench/results}"
@@ -37,7 +38,7 @@ if [ "$quick" -eq 1 ]; then
   "$py" bench/growth.py --quick --out "$out"
 else
   step "idle and start-up"
-  "$py" bench/idle_startup.py --rounds 3 --out "$out"
+  "$py" bench/idle_startup.py --rounds 2 --out "$out"
   step "dispatch on the real server"
   "$py" bench/dispatch.py --rounds 2 --out "$out"
   step "scale against the fake Prefect API"
