@@ -104,13 +104,13 @@ class Fake:
 
 # ---- the worker ----------------------------------------------------------------------------
 
-def start_worker(poolworker: str, port: int, work: Path) -> subprocess.Popen:
+def start_worker(poolworker: str, port: int, work: Path, state: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
                PREFECT_HOME=str(work / "home"), PREFECT_WORKER_QUERY_SECONDS="1")
     return subprocess.Popen(
         [poolworker, "start", "--pool", POOL, "--type", "process", "--prefetch-seconds", "0",
-         "--state-dir", str(work / "state")],
+         "--state-dir", str(state)],
         env=env, stdout=open(work / "worker.log", "ab"), stderr=subprocess.STDOUT,
         start_new_session=True)
 
@@ -169,10 +169,11 @@ def worker_round(args, work: Path, runs: int, trace_dir: Path | None = None) -> 
     """One round: a fresh fake and worker, `runs` runs of `true`; returns the raw figures."""
     work.mkdir(parents=True)
     fake = Fake(args.fake, work)
+    state = Path(args.state_parent or work) / f"poolworker-scale-state-{os.getpid()}-{work.name}"
     worker = None
     tracer = None
     try:
-        worker = start_worker(args.poolworker, fake.port, work)
+        worker = start_worker(args.poolworker, fake.port, work, state)
         wait_for(lambda: fake.stats()["routes"].get(POLL_ROUTE, 0) >= 1, 60,
                  "the worker's first poll", worker, 0.1)
         if trace_dir is not None:
@@ -186,6 +187,7 @@ def worker_round(args, work: Path, runs: int, trace_dir: Path | None = None) -> 
                 30, "strace to attach", worker)
         before = fake.stats()
         cpu_before = cpu_seconds(worker.pid)
+        fake_cpu_before = cpu_seconds(fake.proc.pid)
         created = fake.command(f"runs {runs} " + json.dumps({"command": "true"}))
         if created.get("created") != runs:
             fail(f"fake_prefect created {created} runs, not {runs}")
@@ -197,6 +199,7 @@ def worker_round(args, work: Path, runs: int, trace_dir: Path | None = None) -> 
         wait_for(lambda: not children(worker.pid), 120, "the runs' processes to end", worker)
         time.sleep(0.5)
         cpu_after = cpu_seconds(worker.pid)
+        fake_cpu_after = cpu_seconds(fake.proc.pid)
         after = fake.stats()
         peak_kib = status_kib(worker.pid, "VmHWM")
         rss_kib = status_kib(worker.pid, "VmRSS")
@@ -211,6 +214,7 @@ def worker_round(args, work: Path, runs: int, trace_dir: Path | None = None) -> 
         if worker is not None:
             stop_worker(worker)
         fake.close()
+        shutil.rmtree(state, ignore_errors=True)
 
     if after["with_pid"] != runs or after["runs"] != runs:
         fail(f"{after['with_pid']} of {after['runs']} runs were started, not {runs}")
@@ -228,6 +232,8 @@ def worker_round(args, work: Path, runs: int, trace_dir: Path | None = None) -> 
         "runs_per_second": runs / (last_started - first_claim),
         "worker_cpu_seconds": cpu_after - cpu_before,
         "worker_cpu_ms_per_run": 1000 * (cpu_after - cpu_before) / runs,
+        # The fake's own CPU over the window, to tell whether the server was the bottleneck.
+        "fake_cpu_ms_per_run": 1000 * (fake_cpu_after - fake_cpu_before) / runs,
         "requests": sum(routes.values()),
         "requests_per_run": sum(routes.values()) / runs,
         "requests_by_route": routes,
@@ -386,6 +392,8 @@ def table(raw: dict, command: str) -> str:
             by_route[route].append(n / r["runs"])
     for route, values in sorted(by_route.items(), key=lambda kv: -statistics.median(kv[1])):
         lines.append(f"| &nbsp;&nbsp;{route} | {statistics.median(values):.3f} |")
+    lines.append(f"| For reference: the fake API's own CPU per run (same window) | "
+                 f"{med('fake_cpu_ms_per_run'):.2f} ms |")
     lines.append(f"| Worker peak RSS (VmHWM) | {med('worker_peak_rss_kib') / 1024:.1f} MiB |")
     s = raw.get("syscalls")
     if s:
@@ -428,6 +436,9 @@ def main() -> None:
     parser.add_argument("--fake", default=str(bin_dir / "fake_prefect"))
     parser.add_argument("--physical", default=str(bin_dir / "physical_limit"))
     parser.add_argument("--shim", default=str(bin_dir / "poolworker-run"))
+    parser.add_argument("--state-parent", default=None,
+                        help="folder of the worker's --state-dir (default: the temporary work "
+                             "folder, on the disk a user's would be on); a diagnostic only")
     parser.add_argument("--out", default=str(REPO / "bench" / "results"))
     args = parser.parse_args()
     args.true = shutil.which("true")
