@@ -361,7 +361,8 @@ def table(raw: dict, command: str) -> str:
     per_round = ", ".join(f"{r['runs_per_second']:.0f}" for r in rounds)
     med = lambda key: statistics.median(r[key] for r in rounds)  # noqa: E731
     lines = [
-        f"Scale against the fake Prefect API, measured {raw['date']} on {raw['machine']}: "
+        f"Scale against the fake Prefect API, measured {raw['date']} on {raw['machine']} "
+        f"(load average {raw['load_average_at_start']:.1f} at the start): "
         f"{raw['runs']} runs of `true` due at once on a process pool (default template), no "
         f"--limit, polling every 1 s, median of {len(rounds)} rounds; a run counts as started "
         "when the worker reports its process (PATCH infrastructure_pid). Physical limit = "
@@ -453,6 +454,8 @@ def main() -> None:
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
         "runs": args.runs, "rounds": [],
+        # Other work on the machine slows every figure alike; the load says how busy it was.
+        "load_average_at_start": os.getloadavg()[0],
     }
     # The physical limit is measured beside a fake server, as the worker's rounds are.
     fake = Fake(args.fake, work)
