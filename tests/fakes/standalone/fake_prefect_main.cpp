@@ -6,11 +6,15 @@
 // answering each with one line of JSON:
 //   runs N [JOB_VARIABLES_JSON]  creates N runs of the deployment, due now -> {"created": N}
 //   stats                        -> {"runs": n, "states": {"PENDING": n, ...}, "with_pid": n,
-//                                    "requests": n, "routes": {"GET /flow_runs/{id}": n, ...}}
+//                                    "requests": n, "routes": {"GET /flow_runs/{id}": n, ...},
+//                                    "route_times": {"GET /flow_runs/{id}": [first, last], ...}}
+//                                (times: when the requests arrived, seconds since the epoch)
 //   quit                         stops the server
 // It also stops when stdin closes or on SIGTERM/SIGINT.
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <csignal>
 #include <cstdlib>
 #include <fstream>
@@ -59,15 +63,25 @@ poolworker::Json stats(const poolworker::testing::FakePrefect& fake) {
     }
   }
   std::map<std::string, int> routes;
+  std::map<std::string, std::pair<double, double>> times;
   const auto requests = fake.requests();
   for (const auto& request : requests) {
-    ++routes[routeOf(request)];
+    const std::string route = routeOf(request);
+    ++routes[route];
+    const double at = std::chrono::duration<double>(request.time.time_since_epoch()).count();
+    auto [slot, first] = times.try_emplace(route, at, at);
+    if (!first) {
+      slot->second.first = std::min(slot->second.first, at);
+      slot->second.second = std::max(slot->second.second, at);
+    }
   }
-  return poolworker::Json{{"runs", runs.size()},
-                          {"states", states},
-                          {"with_pid", with_pid},
-                          {"requests", requests.size()},
-                          {"routes", routes}};
+  poolworker::Json route_times = poolworker::Json::object();
+  for (const auto& [route, span] : times) {
+    route_times[route] = {span.first, span.second};
+  }
+  return poolworker::Json{{"runs", runs.size()},  {"states", states},
+                          {"with_pid", with_pid}, {"requests", requests.size()},
+                          {"routes", routes},     {"route_times", route_times}};
 }
 
 }  // namespace
