@@ -1,15 +1,15 @@
 #include "worker/journal.h"
 
-#include <fcntl.h>
-#include <sys/file.h>
-#include <unistd.h>
-
 #include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
 
 #include "worker/prefect_client.h"
 
@@ -58,6 +58,8 @@ Result<void> syncDirectory(const std::string& dir) {
   return success();
 }
 
+// Writes `content` under `dir/name` by way of a temporary file, so that a reader (or a worker
+// started after a kill) sees the old entry or the new one, never half of one.
 Result<void> writeFileAtomically(const std::string& dir, const std::string& name,
                                  const std::string& content) {
   std::string tmp = dir + "/." + name + ".tmp";
@@ -82,7 +84,7 @@ Result<void> writeFileAtomically(const std::string& dir, const std::string& name
     p += n;
     left -= static_cast<size_t>(n);
   }
-  if (::fdatasync(fd) != 0 || ::close(fd) != 0) {
+  if (::close(fd) != 0) {
     int err = errno;
     ::unlink(tmp.c_str());
     return makeError(ErrorKind::Internal, "cannot write '" + tmp + "': " + std::strerror(err));
@@ -93,18 +95,15 @@ Result<void> writeFileAtomically(const std::string& dir, const std::string& name
     return makeError(ErrorKind::Internal,
                      "cannot rename '" + tmp + "' to '" + final_path + "': " + std::strerror(err));
   }
-  return syncDirectory(dir);
+  return success();
 }
 
 }  // namespace
 
 Json JournalEntry::toJson() const {
-  Json j = {{"flow_run_id", flow_run_id},
-            {"flow_run_name", flow_run_name},
-            {"phase", phaseName(phase)},
-            {"transition_id", transition_id},
-            {"backend", backend},
-            {"updated", updated},
+  Json j = {{"flow_run_id", flow_run_id}, {"flow_run_name", flow_run_name},
+            {"phase", phaseName(phase)},  {"transition_id", transition_id},
+            {"backend", backend},         {"updated", updated},
             {"cancelling", cancelling}};
   if (handle) {
     j["handle"] = {{"backend", handle->backend},
@@ -175,16 +174,66 @@ Result<std::unique_ptr<Journal>> Journal::open(const std::string& state_dir,
                    "every journal under '" + base + "' is locked by another running poolworker");
 }
 
+Journal::Journal(std::string dir, int lock_fd)
+    : dir_(std::move(dir)), lock_fd_(lock_fd), syncer_([this] { syncLoop(); }) {}
+
 Journal::~Journal() {
+  {
+    std::lock_guard lock(mutex_);
+    stopping_ = true;
+  }
+  wake_.notify_all();
+  syncer_.join();
   if (lock_fd_ >= 0) {
     ::close(lock_fd_);
   }
 }
 
+void Journal::syncLoop() {
+  const std::string runs = dir_ + "/runs";
+  std::unique_lock lock(mutex_);
+  for (;;) {
+    wake_.wait(lock, [this] { return stopping_ || requested_ != completed_; });
+    if (requested_ == completed_) {
+      return;  // Stopping with nothing left to commit.
+    }
+    const auto pass = requested_;
+    std::vector<std::string> files;
+    files.swap(unsynced_);
+    lock.unlock();
+    for (const auto& file : files) {
+      // A file replaced or removed since it was written needs nothing more: its successor is
+      // in a later pass, and a removal needs only the directory's sync.
+      const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+      if (fd >= 0) {
+        ::fdatasync(fd);
+        ::close(fd);
+      }
+    }
+    (void)syncDirectory(runs);
+    lock.lock();
+    completed_ = pass;
+    synced_.notify_all();
+  }
+}
+
+void Journal::sync() {
+  std::unique_lock lock(mutex_);
+  const auto wanted = requested_;
+  synced_.wait(lock, [&] { return completed_ >= wanted; });
+}
+
 Result<void> Journal::write(JournalEntry entry) {
   entry.updated = prefect::formatTimestamp(std::chrono::system_clock::now());
-  return writeFileAtomically(dir_ + "/runs", safeName(entry.flow_run_id) + ".json",
-                             entry.toJson().dump(2) + "\n");
+  const std::string name = safeName(entry.flow_run_id) + ".json";
+  auto written = writeFileAtomically(dir_ + "/runs", name, entry.toJson().dump(2) + "\n");
+  if (written) {
+    std::lock_guard lock(mutex_);
+    unsynced_.push_back(dir_ + "/runs/" + name);
+    ++requested_;
+  }
+  wake_.notify_one();
+  return written;
 }
 
 Result<void> Journal::remove(const std::string& flow_run_id) {
@@ -192,6 +241,11 @@ Result<void> Journal::remove(const std::string& flow_run_id) {
   if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
     return makeError(ErrorKind::Internal, "cannot remove '" + path + "': " + std::strerror(errno));
   }
+  {
+    std::lock_guard lock(mutex_);
+    ++requested_;
+  }
+  wake_.notify_one();
   return success();
 }
 

@@ -688,12 +688,21 @@ asio::awaitable<void> Worker::pollOnce() {
 }
 
 asio::awaitable<Result<Json>> Worker::cachedDeployment(const std::string& id) {
-  // Many runs of one deployment arrive together; one read serves them for a few seconds.
+  // Many runs of one deployment arrive together; one read serves them for a few seconds, and
+  // the runs that ask while it is under way wait for it rather than send their own.
   auto now = Clock::now();
   if (auto it = deployment_cache_.find(id);
       it != deployment_cache_.end() && now - it->second.first < std::chrono::seconds(5)) {
     co_return it->second.second;
   }
+  if (auto pending = deployment_reads_.find(id); pending != deployment_reads_.end()) {
+    auto read = pending->second;
+    boost::system::error_code ignored;
+    co_await read->done.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
+    co_return *read->result;
+  }
+  auto read = std::make_shared<SharedRead>(io_);
+  deployment_reads_[id] = read;
   auto deployment = co_await client_.readDeployment(id);
   if (deployment) {
     if (deployment_cache_.size() > 1000) {
@@ -701,6 +710,9 @@ asio::awaitable<Result<Json>> Worker::cachedDeployment(const std::string& id) {
     }
     deployment_cache_[id] = {now, *deployment};
   }
+  read->result = deployment;
+  deployment_reads_.erase(id);
+  read->done.cancel();
   co_return deployment;
 }
 

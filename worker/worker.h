@@ -190,6 +190,13 @@ class Worker {
   std::unique_ptr<asio::steady_timer> stop_timer_;    ///< Cancelled to wake run() on stop.
   std::unique_ptr<asio::steady_timer> runs_changed_;  ///< Cancelled whenever a run is released.
   std::map<std::string, std::pair<std::chrono::steady_clock::time_point, Json>> deployment_cache_;
+  /// A deployment read under way: the runs that need it meanwhile wait on `done`.
+  struct SharedRead {
+    explicit SharedRead(asio::io_context& io) : done(io, asio::steady_timer::time_point::max()) {}
+    asio::steady_timer done;
+    std::optional<Result<Json>> result;
+  };
+  std::map<std::string, std::shared_ptr<SharedRead>> deployment_reads_;
   std::map<std::string, std::pair<std::chrono::steady_clock::time_point, Json>> flow_cache_;
   std::function<void()> on_started_;
   RunSource* source_ = nullptr;
