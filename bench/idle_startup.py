@@ -7,6 +7,9 @@ For each worker, alternating, `--rounds` times:
   * idle RSS: resident memory of the worker's whole process tree after `--idle-seconds` of
     idle polling (PREFECT_WORKER_QUERY_SECONDS=1, so it polls all the while).
   * CPU: user + system seconds the worker's process tree used during that idle period.
+  * where the resident memory is: per mapping of the worker's main process (/proc/PID/smaps),
+    the Rss of each shared library and of the program, the heap, other anonymous memory and
+    stacks, and the number of threads; in the JSON only.
 
 Writes a Markdown table and the raw figures (JSON). Run it through bench/run.sh.
 """
@@ -158,6 +161,34 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / CLOCK_TICKS
 
 
+def smaps_breakdown(pid: int) -> dict[str, int]:
+    """Rss in KiB of one process, per mapped file (by base name) or kind of anonymous memory."""
+    out: dict[str, int] = {}
+    name = "?"
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            fields = line.split()
+            if not fields:
+                continue
+            if "-" in fields[0] and not fields[0].endswith(":"):
+                path = fields[5] if len(fields) > 5 else ""
+                if path.startswith("/"):
+                    name = os.path.basename(path)
+                elif path.startswith("[stack"):
+                    name = "[stack]"
+                elif path:
+                    name = path
+                else:
+                    name = "[anon]"
+            elif fields[0] == "Rss:":
+                out[name] = out.get(name, 0) + int(fields[1])
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def thread_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
 def start_server(work: Path) -> tuple[subprocess.Popen, int]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
@@ -198,6 +229,8 @@ def measure(kind: str, argv: list[str], env: dict[str, str], proxy: Proxy, idle:
         time.sleep(idle)
         pids = tree(proc.pid)
         rss_idle = rss_kib(pids)
+        breakdown = smaps_breakdown(proc.pid)
+        threads = thread_count(proc.pid)
         cpu_idle = cpu_seconds(pids) - cpu_before
         elapsed = time.monotonic() - idle_start
     finally:
@@ -211,7 +244,8 @@ def measure(kind: str, argv: list[str], env: dict[str, str], proxy: Proxy, idle:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     return {"exec_to_first_poll_s": first_poll, "rss_after_startup_kib": rss_startup,
-            "rss_idle_kib": rss_idle, "cpu_s_per_hour_idle": cpu_idle * 3600 / elapsed}
+            "rss_idle_kib": rss_idle, "cpu_s_per_hour_idle": cpu_idle * 3600 / elapsed,
+            "processes": len(pids), "threads": threads, "smaps_rss_kib": breakdown}
 
 
 def main() -> None:
@@ -248,7 +282,9 @@ def main() -> None:
                 figures = measure(kind, argv, base_env, proxy, args.idle_seconds,
                                   work / f"{kind}.log")
                 raw[kind].append(figures)
-                print(f"round {r + 1} {kind}: {figures}", flush=True)
+                shown = {k: v for k, v in figures.items() if k != "smaps_rss_kib"}
+                top = list(figures["smaps_rss_kib"].items())[:8]
+                print(f"round {r + 1} {kind}: {shown}\n  smaps Rss (KiB): {top}", flush=True)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)

@@ -6,7 +6,6 @@
 #include <map>
 
 #include <boost/asio/signal_set.hpp>
-#include <pplx/threadpool.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -374,15 +373,7 @@ namespace {
 
 std::string userAgent() { return std::string("poolworker/") + version() + " (API 0.8.4)"; }
 
-void initRuntime() {
-  // cpprestsdk's default pool starts 40 threads; the worker needs a couple.
-  static bool done = false;
-  if (!done) {
-    crossplat::threadpool::initialize_with_threads(2);
-    done = true;
-  }
-  ::signal(SIGPIPE, SIG_IGN);
-}
+void initRuntime() { ::signal(SIGPIPE, SIG_IGN); }
 
 // Plugins for the commands that resolve no full settings (`template`, `backends`): the flags,
 // else POOLWORKER_PLUGIN_DIRS or POOLWORKER_PLUGIN_DIR (comma-separated).
