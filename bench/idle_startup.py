@@ -306,6 +306,9 @@ def main() -> None:
         ("Exec to first poll", "exec_to_first_poll_s", lambda v: f"{v * 1000:.0f} ms"),
     ]
     lines = [
+        "Idle resident memory, idle CPU and exec to first poll of `poolworker start` beside "
+        "`prefect worker start`, one Prefect server, alternating "
+        f"(`bench/idle_startup.py --rounds {args.rounds} --idle-seconds {args.idle_seconds:g}`). "
         f"Measured {dt.date.today().isoformat()} on {platform.node() or 'this machine'}: "
         f"{os.cpu_count()} cores, {platform.system()} {platform.release()}; "
         f"{poolworker_version}; prefect {prefect_version}; medians of {args.rounds} alternating rounds.",

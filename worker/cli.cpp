@@ -6,6 +6,7 @@
 #include <map>
 
 #include <boost/asio/signal_set.hpp>
+#include <malloc.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -448,7 +449,12 @@ int runWorker(Settings settings, const SourceMaker& make_source) {
   std::unique_ptr<RunSource> source = make_source ? make_source(client, registry) : nullptr;
   Worker worker(io, std::move(settings), client, registry, metrics);
   worker.setRunSource(source.get());
-  worker.onStarted([] { service::notify("READY=1"); });
+  worker.onStarted([] {
+    service::notify("READY=1");
+    // Start-up (settings, templates, plugins, the first answers) leaves freed memory scattered
+    // in the heap; hand its pages back rather than keep them resident while idle.
+    ::malloc_trim(0);
+  });
 
   int signals_seen = 0;
   asio::signal_set signals(io, SIGINT, SIGTERM);
