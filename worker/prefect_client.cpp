@@ -205,9 +205,6 @@ struct PrefectClient::RawResponse {
   bool maintenance = false;
 };
 
-// State shared with cpprestsdk's threads: lets the destructor wait until no callback of ours
-// can still run, and cancels what is in flight.
-
 std::string OrchestrationResult::stateType() const {
   return state.is_object() ? state.value("type", "") : "";
 }
