@@ -418,7 +418,13 @@ class CallBase : public HttpCall, public std::enable_shared_from_this<CallBase> 
     if (endpoint().transport == HttpEndpoint::Transport::Unix) {
       request_message_.set(http::field::host, "localhost");
     } else {
-      request_message_.set(http::field::host, authority());
+      // The port is left out when it is the scheme's default, as browsers and curl do: some
+      // front ends route on the exact Host value.
+      const bool default_port = endpoint().port == (endpoint().tls.enabled ? "443" : "80");
+      const bool v6 = endpoint().host.find(':') != std::string::npos;
+      request_message_.set(
+          http::field::host,
+          default_port ? (v6 ? "[" + endpoint().host + "]" : endpoint().host) : authority());
     }
     request_message_.set(http::field::user_agent, state_->options.user_agent);
     if (state_->options.max_idle_connections == 0) {
