@@ -8,8 +8,12 @@ For each worker, alternating, `--rounds` times:
   * one hour of idle polling, simulated: an hour of the default settings is 360 polls (every
     10 s) and 120 heartbeats (every 30 s). Both workers run with those intervals divided by
     `--speedup` (30: a poll every 0.33 s, a heartbeat every 1 s; Prefect's worker stops at once
-    with a heartbeat interval under 1 s) until the proxy has seen 360 polls; then their RSS is read, and the CPU (user + system) they used for those polls is
-    scaled to exactly 360 polls: CPU seconds per hour of idling.
+    with a heartbeat interval under 1 s) until the proxy has seen 360 polls; then their RSS is
+    read, and the CPU (user + system) they used for those polls is scaled to exactly 360 polls:
+    CPU seconds per hour of idling.
+  * where the resident memory is: per mapping of the worker's main process (/proc/PID/smaps),
+    the Rss of each shared library and of the program, the heap, other anonymous memory and
+    stacks, and the number of threads; in the JSON only.
 
 Writes a Markdown table and the raw figures (JSON). Run it through bench/run.sh.
 """
@@ -184,6 +188,34 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / CLOCK_TICKS
 
 
+def smaps_breakdown(pid: int) -> dict[str, int]:
+    """Rss in KiB of one process, per mapped file (by base name) or kind of anonymous memory."""
+    out: dict[str, int] = {}
+    name = "?"
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            fields = line.split()
+            if not fields:
+                continue
+            if "-" in fields[0] and not fields[0].endswith(":"):
+                path = fields[5] if len(fields) > 5 else ""
+                if path.startswith("/"):
+                    name = os.path.basename(path)
+                elif path.startswith("[stack"):
+                    name = "[stack]"
+                elif path:
+                    name = path
+                else:
+                    name = "[anon]"
+            elif fields[0] == "Rss:":
+                out[name] = out.get(name, 0) + int(fields[1])
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def thread_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
 def start_server(work: Path) -> tuple[subprocess.Popen, int]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
@@ -232,6 +264,8 @@ def measure(kind: str, argv: list[str], env: dict[str, str], proxy: Proxy, log: 
         rss_idle = rss_kib(pids)
         polls = proxy.poll_count() - polls_before
         cpu_hour = (cpu_seconds(pids) - cpu_before) * POLLS_PER_HOUR / polls
+        breakdown = smaps_breakdown(proc.pid)
+        threads = thread_count(proc.pid)
         elapsed = time.monotonic() - idle_start
     finally:
         try:
@@ -245,7 +279,8 @@ def measure(kind: str, argv: list[str], env: dict[str, str], proxy: Proxy, log: 
             proc.wait()
     return {"exec_to_first_poll_s": first_poll, "rss_after_startup_kib": rss_startup,
             "rss_idle_kib": rss_idle, "cpu_s_per_hour_idle": cpu_hour,
-            "simulated_hour_seconds": elapsed, "polls": polls}
+            "simulated_hour_seconds": elapsed, "polls": polls,
+            "processes": len(pids), "threads": threads, "smaps_rss_kib": breakdown}
 
 
 def main() -> None:
@@ -283,7 +318,9 @@ def main() -> None:
             for kind, argv in workers.items():
                 figures = measure(kind, argv, base_env, proxy, work / f"{kind}.log")
                 raw[kind].append(figures)
-                print(f"round {r + 1} {kind}: {figures}", flush=True)
+                shown = {k: v for k, v in figures.items() if k != "smaps_rss_kib"}
+                top = list(figures["smaps_rss_kib"].items())[:8]
+                print(f"round {r + 1} {kind}: {shown}\n  smaps Rss (KiB): {top}", flush=True)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
@@ -306,6 +343,8 @@ def main() -> None:
         ("Exec to first poll", "exec_to_first_poll_s", lambda v: f"{v * 1000:.0f} ms"),
     ]
     lines = [
+        "Idle resident memory, idle CPU and exec to first poll of `poolworker start` beside "
+        "`prefect worker start`, one Prefect server, alternating. "
         f"Measured {dt.date.today().isoformat()} on {platform.node() or 'this machine'}: "
         f"{os.cpu_count()} cores, {platform.system()} {platform.release()}; "
         f"{poolworker_version}; prefect {prefect_version}; medians of {args.rounds} alternating "

@@ -1,25 +1,26 @@
 #pragma once
 
-// Glue between callback-style APIs (backends, cpprestsdk) and the worker's coroutines on one
+// Glue between callback-style APIs (backends, the HTTP client) and the worker's coroutines on one
 // io_context.
 
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <optional>
 #include <utility>  // Boost 1.74's awaitable.hpp uses std::exchange without including it.
 
 #include <boost/asio/async_result.hpp>
+#include <boost/asio/awaitable.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/execution/outstanding_work.hpp>
-#include <boost/asio/prefer.hpp>
-#include <boost/asio/awaitable.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/prefer.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <chrono>
-#include <functional>
-#include <memory>
 
 #include <poolworker/executor.h>
 #include <poolworker/result.h>
@@ -41,13 +42,12 @@ asio::awaitable<Result<T>> awaitCallback(Start start) {
   auto executor = co_await asio::this_coro::executor;
   auto initiation = [executor, start = std::move(start)](auto handler) mutable {
     auto shared = std::make_shared<decltype(handler)>(std::move(handler));
-    // While the operation runs outside the io_context (a cpprestsdk thread, a child process),
+    // While the operation runs outside the io_context (a backend's thread, a child process),
     // nothing else may keep the context busy: tracked work stops run() from returning early.
     auto work = asio::prefer(executor, asio::execution::outstanding_work.tracked);
     start([work, shared](Result<T> result) mutable {
-      asio::post(work, [shared, result = std::move(result)]() mutable {
-        (*shared)(std::move(result));
-      });
+      asio::post(work,
+                 [shared, result = std::move(result)]() mutable { (*shared)(std::move(result)); });
     });
   };
   auto op = asio::async_initiate<decltype(asio::use_awaitable), void(Result<T>)>(
@@ -61,6 +61,44 @@ inline asio::awaitable<void> sleepFor(std::chrono::steady_clock::duration delay)
   boost::system::error_code ignored;
   co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
 }
+
+/// @brief A coroutine started at once, whose result is awaited later (by any number of
+/// coroutines): for requests that need not wait for one another.
+template <typename T>
+class Started {
+ public:
+  /// @brief Starts `task` on `io`; it runs to its end even if nobody awaits it.
+  Started(asio::io_context& io, asio::awaitable<T> task) : state_(std::make_shared<State>(io)) {
+    asio::co_spawn(io, run(state_, std::move(task)), asio::detached);
+  }
+
+  /// @brief True once the task ended.
+  bool done() const { return state_->value.has_value(); }
+
+  /// @brief The task's result (a copy), once it ended.
+  asio::awaitable<T> get() {
+    auto state = state_;
+    while (!state->value) {
+      boost::system::error_code ignored;
+      co_await state->ready.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
+    }
+    co_return *state->value;
+  }
+
+ private:
+  struct State {
+    explicit State(asio::io_context& io) : ready(io, asio::steady_timer::time_point::max()) {}
+    std::optional<T> value;
+    asio::steady_timer ready;  ///< Cancelled when `value` is set, to wake the awaiting ones.
+  };
+
+  static asio::awaitable<void> run(std::shared_ptr<State> state, asio::awaitable<T> task) {
+    state->value.emplace(co_await std::move(task));
+    state->ready.cancel();
+  }
+
+  std::shared_ptr<State> state_;
+};
 
 /// @brief The worker's `Executor` for backends: tasks and timers on an io_context.
 class AsioExecutor final : public Executor {

@@ -6,7 +6,7 @@
 #include <map>
 
 #include <boost/asio/signal_set.hpp>
-#include <pplx/threadpool.h>
+#include <malloc.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -374,15 +374,7 @@ namespace {
 
 std::string userAgent() { return std::string("poolworker/") + version() + " (API 0.8.4)"; }
 
-void initRuntime() {
-  // cpprestsdk's default pool starts 40 threads; the worker needs a couple.
-  static bool done = false;
-  if (!done) {
-    crossplat::threadpool::initialize_with_threads(2);
-    done = true;
-  }
-  ::signal(SIGPIPE, SIG_IGN);
-}
+void initRuntime() { ::signal(SIGPIPE, SIG_IGN); }
 
 // Plugins for the commands that resolve no full settings (`template`, `backends`): the flags,
 // else POOLWORKER_PLUGIN_DIRS or POOLWORKER_PLUGIN_DIR (comma-separated).
@@ -457,7 +449,12 @@ int runWorker(Settings settings, const SourceMaker& make_source) {
   std::unique_ptr<RunSource> source = make_source ? make_source(client, registry) : nullptr;
   Worker worker(io, std::move(settings), client, registry, metrics);
   worker.setRunSource(source.get());
-  worker.onStarted([] { service::notify("READY=1"); });
+  worker.onStarted([] {
+    service::notify("READY=1");
+    // Start-up (settings, templates, plugins, the first answers) leaves freed memory scattered
+    // in the heap; hand its pages back rather than keep them resident while idle.
+    ::malloc_trim(0);
+  });
 
   int signals_seen = 0;
   asio::signal_set signals(io, SIGINT, SIGTERM);

@@ -5,4 +5,3 @@
 
 #include <boost/asio.hpp>
 #include <nlohmann/json.hpp>
-#include <spdlog/spdlog.h>

@@ -6,10 +6,8 @@
 
 #include <boost/uuid/random_generator.hpp>
 #include <boost/uuid/uuid_io.hpp>
-#include <cpprest/base_uri.h>
-#include <cpprest/http_client.h>
-#include <cpprest/uri_builder.h>
 
+#include "backends/common/http_client.h"
 #include "worker/version.h"
 
 namespace poolworker::prefect {
@@ -17,13 +15,10 @@ namespace {
 
 constexpr const char* kApiVersion = "0.8.4";
 
-// cpprestsdk reuses a pooled keep-alive connection that the server closed while it was idle
-// (uvicorn closes them after 5 s); the request then fails while it is being written, before the
-// server saw any of it.
-bool neverSent(const Error& err) {
-  return err.kind == ErrorKind::Transient &&
-         err.message.find("Failed to write request") != std::string::npos;
-}
+// Idle keep-alive connections kept per client. The worker's calls come in bursts (a poll, then
+// a claim, reads and a PATCH per run); a few connections serve them without a handshake each,
+// which matters for Prefect Cloud over TLS far away.
+constexpr std::size_t kIdleConnections = 4;
 
 const char* methodName(Method m) {
   switch (m) {
@@ -137,7 +132,8 @@ std::string lowerCopy(std::string s) {
   return s;
 }
 
-std::optional<std::string> proxyFor(const std::string& url) {
+// The proxy for `host`, from the environment as Prefect's client (httpx) reads it.
+std::optional<std::string> proxyFor(const std::string& url, const std::string& host_name) {
   bool https = url.rfind("https://", 0) == 0;
   const char* names[] = {https ? "HTTPS_PROXY" : "HTTP_PROXY", https ? "https_proxy" : "http_proxy",
                          "ALL_PROXY", "all_proxy"};
@@ -151,8 +147,7 @@ std::optional<std::string> proxyFor(const std::string& url) {
   if (proxy.empty()) {
     return std::nullopt;
   }
-  web::uri target(utility::conversions::to_string_t(url));
-  std::string host = lowerCopy(target.host());
+  std::string host = lowerCopy(host_name);
   if (host == "localhost" || host == "127.0.0.1" || host == "::1") {
     return std::nullopt;
   }
@@ -182,6 +177,25 @@ std::optional<std::string> proxyFor(const std::string& url) {
   return proxy;
 }
 
+// Parses a proxy URL, http://[user:password@]host[:port].
+std::optional<backends::common::HttpEndpoint::Proxy> parseProxy(const std::string& url) {
+  std::string rest = url;
+  if (auto scheme = rest.find("://"); scheme != std::string::npos) {
+    rest = rest.substr(scheme + 3);
+  }
+  rest = rest.substr(0, rest.find('/'));
+  std::string authorization;
+  if (auto at = rest.rfind('@'); at != std::string::npos) {
+    authorization = "Basic " + base64(rest.substr(0, at));
+    rest = rest.substr(at + 1);
+  }
+  auto parsed = backends::common::parseHttpEndpoint("http://" + rest);
+  if (!parsed) {
+    return std::nullopt;
+  }
+  return backends::common::HttpEndpoint::Proxy{parsed->host, parsed->port, authorization};
+}
+
 }  // namespace
 
 struct PrefectClient::RawResponse {
@@ -189,16 +203,6 @@ struct PrefectClient::RawResponse {
   std::string body;
   std::optional<double> retry_after;
   bool maintenance = false;
-};
-
-// State shared with cpprestsdk's threads: lets the destructor wait until no callback of ours
-// can still run, and cancels what is in flight.
-struct PrefectClient::Shared {
-  std::mutex mu;
-  std::condition_variable cv;
-  int in_flight = 0;
-  bool cancelled = false;
-  pplx::cancellation_token_source cancel_source;
 };
 
 std::string OrchestrationResult::stateType() const {
@@ -259,40 +263,43 @@ Json makeState(const std::string& type, const std::string& name, const std::stri
 }
 
 PrefectClient::PrefectClient(asio::io_context& io, ApiSettings settings, std::string user_agent)
-    : io_(io),
-      settings_(std::move(settings)),
-      user_agent_(std::move(user_agent)),
-      shared_(std::make_shared<Shared>()) {
-  web::http::client::http_client_config config;
-  config.set_timeout(
-      std::chrono::microseconds(static_cast<long long>(settings_.request_timeout_seconds * 1e6)));
-  config.set_validate_certificates(!settings_.tls_insecure_skip_verify);
-  if (!settings_.ssl_cert_file.empty()) {
-    std::string path = settings_.ssl_cert_file;
-    config.set_ssl_context_callback([path](boost::asio::ssl::context& ctx) {
-      boost::system::error_code ignored;
-      ctx.load_verify_file(path, ignored);
-    });
+    : io_(io), settings_(std::move(settings)), user_agent_(std::move(user_agent)) {
+  // The URL is scheme://authority/base-path; requests go to base-path + the endpoint's path.
+  const std::string& url = settings_.url;
+  const auto scheme_end = url.find("://");
+  if (scheme_end != std::string::npos) {
+    const auto path_start = url.find('/', scheme_end + 3);
+    std::string origin = url.substr(0, path_start);
+    base_path_ = path_start == std::string::npos ? "" : url.substr(path_start);
+    while (!base_path_.empty() && base_path_.back() == '/') {
+      base_path_.pop_back();
+    }
+    backends::common::TlsSettings tls;
+    tls.verify = !settings_.tls_insecure_skip_verify;
+    tls.ca_file = settings_.ssl_cert_file;
+    auto endpoint = backends::common::parseHttpEndpoint(origin, tls);
+    if (endpoint) {
+      if (auto proxy = proxyFor(url, endpoint->host)) {
+        endpoint->proxy = parseProxy(*proxy);
+      }
+    }
+    if (endpoint && endpoint->transport == backends::common::HttpEndpoint::Transport::Tcp &&
+        origin.rfind("tcp://", 0) != 0) {
+      backends::common::HttpClientOptions options;
+      options.service_name = "the Prefect API";
+      options.user_agent = user_agent_;
+      options.max_buffered_body = 512U * 1024U * 1024U;
+      options.max_idle_connections = kIdleConnections;
+      http_ = std::make_unique<backends::common::HttpClient>(io_, std::move(endpoint).value(),
+                                                             std::move(options));
+    }
   }
-  if (auto proxy = proxyFor(settings_.url)) {
-    config.set_proxy(web::web_proxy(web::uri(utility::conversions::to_string_t(*proxy))));
-  }
-  try {
-    http_ = std::make_unique<web::http::client::http_client>(
-        utility::conversions::to_string_t(settings_.url + "/"), config);
-  } catch (const std::exception&) {
-    // An unusable URL is reported by the first call, with the URL in the message.
-  }
+  // An unusable URL is reported by the first call, with the URL in the message.
   csrf_enabled_ = settings_.csrf_support_enabled && !settings_.isCloud();
   csrf_client_ = newUuid();
 }
 
-PrefectClient::~PrefectClient() {
-  cancelAll();
-  std::unique_lock lock(shared_->mu);
-  // cpprestsdk completes cancelled requests promptly; the bound only guards against a hang.
-  shared_->cv.wait_for(lock, std::chrono::seconds(10), [this] { return shared_->in_flight == 0; });
-}
+PrefectClient::~PrefectClient() { cancelAll(); }
 
 void PrefectClient::setWorkerIdentity(std::string name, std::string id) {
   worker_name_ = std::move(name);
@@ -300,10 +307,9 @@ void PrefectClient::setWorkerIdentity(std::string name, std::string id) {
 }
 
 void PrefectClient::cancelAll() {
-  std::lock_guard lock(shared_->mu);
-  if (!shared_->cancelled) {
-    shared_->cancelled = true;
-    shared_->cancel_source.cancel();
+  cancelled_ = true;
+  if (http_) {
+    http_->cancelAll();
   }
 }
 
@@ -330,104 +336,82 @@ asio::awaitable<Result<PrefectClient::RawResponse>> PrefectClient::sendOnce(
     co_return makeError(ErrorKind::InvalidConfiguration,
                         "PREFECT_API_URL '" + settings_.url + "' is not a valid URL");
   }
-  {
-    std::lock_guard lock(shared_->mu);
-    if (shared_->cancelled) {
-      co_return makeError(ErrorKind::Cancelled, "the worker is stopping");
-    }
+  if (cancelled_) {
+    co_return makeError(ErrorKind::Cancelled, "the worker is stopping");
   }
-  web::http::http_request request(utility::conversions::to_string_t(methodName(method)));
-  // The base URI ends in '/', so the path is appended without its leading slash.
-  request.set_request_uri(utility::conversions::to_string_t(path.substr(1)));
-  auto& headers = request.headers();
-  for (const auto& [name, value] : settings_.custom_headers.items()) {
-    std::string lname = lowerCopy(name);
-    if (lname == "user-agent" || lname == "prefect-csrf-token" || lname == "prefect-csrf-client") {
+  const std::string name = endpoint.empty() ? path : endpoint;
+  backends::common::HttpRequest request;
+  request.method = methodName(method);
+  request.target = base_path_ + path;
+  auto& headers = request.headers;
+  for (const auto& [header, value] : settings_.custom_headers.items()) {
+    std::string lname = lowerCopy(header);
+    if (lname == "user-agent" || lname == "prefect-csrf-token" || lname == "prefect-csrf-client" ||
+        lname == "content-type") {
       continue;
     }
-    headers.add(name, value.is_string() ? value.get<std::string>() : value.dump());
+    headers.emplace_back(header, value.is_string() ? value.get<std::string>() : value.dump());
   }
-  headers.set_content_type("application/json");
-  headers.add("User-Agent", user_agent_);
-  headers.add("X-PREFECT-API-VERSION", kApiVersion);
+  headers.emplace_back("X-PREFECT-API-VERSION", kApiVersion);
   if (!settings_.auth_string.empty()) {
-    headers.add("Authorization", "Basic " + base64(settings_.auth_string.reveal()));
+    headers.emplace_back("Authorization", "Basic " + base64(settings_.auth_string.reveal()));
   } else if (!settings_.key.empty()) {
-    headers.add("Authorization", "Bearer " + settings_.key.reveal());
+    headers.emplace_back("Authorization", "Bearer " + settings_.key.reveal());
   }
   if (!worker_name_.empty()) {
-    headers.add("X-Prefect-Worker-Name", worker_name_);
+    headers.emplace_back("X-Prefect-Worker-Name", worker_name_);
   }
   if (!worker_id_.empty()) {
-    headers.add("X-Prefect-Worker-Id", worker_id_);
+    headers.emplace_back("X-Prefect-Worker-Id", worker_id_);
   }
   if (isMutating(method) && csrf_enabled_ && !csrf_token_.empty()) {
-    headers.add("Prefect-Csrf-Token", csrf_token_);
-    headers.add("Prefect-Csrf-Client", csrf_client_);
+    headers.emplace_back("Prefect-Csrf-Token", csrf_token_);
+    headers.emplace_back("Prefect-Csrf-Client", csrf_client_);
   }
+  request.content_type = "application/json";
   if (body) {
-    request.set_body(*body, "application/json");
+    request.body = *body;
   }
-
-  auto shared = shared_;
-  auto* http = http_.get();
+  request.timeout = std::chrono::milliseconds(
+      static_cast<long long>(std::max(0.0, settings_.request_timeout_seconds) * 1000));
   auto started = std::chrono::steady_clock::now();
-  auto operation = awaitCallback<RawResponse>([shared, http, request](auto done) mutable {
-    pplx::cancellation_token token = pplx::cancellation_token::none();
-    {
-      std::lock_guard lock(shared->mu);
-      if (shared->cancelled) {
-        done(makeError(ErrorKind::Cancelled, "the worker is stopping"));
-        return;
-      }
-      ++shared->in_flight;
-      token = shared->cancel_source.get_token();
+  const char* verb = methodName(method);
+  // A write that failed on a reused idle connection is sent again at once by the HTTP client:
+  // the server never saw it. Counted apart, so that metrics show resends, not failures.
+  request.on_resent = [this, verb, name, started] {
+    if (observer_) {
+      observer_(verb, name, kNotSent,
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
     }
-    auto finish = [shared, done](Result<RawResponse> r) mutable {
-      done(std::move(r));
-      std::lock_guard lock(shared->mu);
-      --shared->in_flight;
-      shared->cv.notify_all();
-    };
-    try {
-      http->request(request, token)
-          .then([](web::http::http_response response) {
-            auto raw = std::make_shared<RawResponse>();
-            raw->status = response.status_code();
-            const auto& h = response.headers();
-            if (auto it = h.find("Retry-After"); it != h.end()) {
-              try {
-                raw->retry_after = std::stod(it->second);
-              } catch (const std::exception&) {
+  };
+
+  auto* http = http_.get();
+  auto operation =
+      awaitCallback<RawResponse>([http, request = std::move(request)](auto done) mutable {
+        http->request(
+            std::move(request), [done](Result<backends::common::HttpResponse> answer) mutable {
+              if (!answer) {
+                done(std::move(answer).error());
+                return;
               }
-            }
-            if (auto it = h.find("Prefect-Maintenance"); it != h.end()) {
-              raw->maintenance = lowerCopy(it->second) == "true";
-            }
-            return response.extract_utf8string(true).then([raw](std::string text) {
-              raw->body = std::move(text);
-              return *raw;
+              RawResponse raw;
+              raw.status = answer->status;
+              if (auto retry_after = answer->header("Retry-After"); !retry_after.empty()) {
+                try {
+                  raw.retry_after = std::stod(retry_after);
+                } catch (const std::exception&) {
+                }
+              }
+              raw.maintenance = lowerCopy(answer->header("Prefect-Maintenance")) == "true";
+              raw.body = std::move(answer->body);
+              done(std::move(raw));
             });
-          })
-          .then([finish](pplx::task<RawResponse> task) mutable {
-            try {
-              finish(task.get());
-            } catch (const pplx::task_canceled&) {
-              finish(makeError(ErrorKind::Cancelled, "the worker is stopping"));
-            } catch (const std::exception& e) {
-              finish(makeError(ErrorKind::Transient, e.what()));
-            }
-          });
-    } catch (const std::exception& e) {
-      finish(makeError(ErrorKind::Transient, e.what()));
-    }
-  });
+      });
   auto result = co_await std::move(operation);
   double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   if (observer_) {
-    int status = result ? result->status : (neverSent(result.error()) ? kNotSent : 0);
-    observer_(methodName(method), endpoint.empty() ? path : endpoint, status, seconds);
+    observer_(verb, name, result ? result->status : 0, seconds);
   }
   co_return result;
 }
@@ -439,6 +423,22 @@ asio::awaitable<Result<void>> PrefectClient::ensureCsrfToken() {
   if (!csrf_token_.empty() && std::chrono::system_clock::now() < csrf_expiration_) {
     co_return success();
   }
+  // One fetch at a time: calls that need the token meanwhile wait for the same answer (a
+  // second fetch would replace the token the first one got).
+  if (!csrf_fetch_ || csrf_fetch_->done()) {
+    csrf_fetch_ = std::make_shared<Started<Result<void>>>(io_, fetchCsrfToken());
+  }
+  auto fetch = csrf_fetch_;
+  co_return co_await fetch->get();
+}
+
+void PrefectClient::prefetchCsrfToken() {
+  if (csrf_enabled_ && csrf_token_.empty() && !csrf_fetch_) {
+    csrf_fetch_ = std::make_shared<Started<Result<void>>>(io_, fetchCsrfToken());
+  }
+}
+
+asio::awaitable<Result<void>> PrefectClient::fetchCsrfToken() {
   auto response = co_await sendOnce(Method::Get, "/csrf-token?client=" + csrf_client_, std::nullopt,
                                     "/csrf-token");
   if (!response) {
@@ -475,7 +475,6 @@ asio::awaitable<Result<Json>> PrefectClient::call(Method method, const std::stri
   const int max_retries = options.max_retries.value_or(settings_.max_retries);
   int attempt = 0;
   bool csrf_retried = false;
-  bool write_retried = false;
   for (;;) {
     if (isMutating(method)) {
       if (auto csrf = co_await ensureCsrfToken(); !csrf) {
@@ -494,18 +493,10 @@ asio::awaitable<Result<Json>> PrefectClient::call(Method method, const std::stri
       if (err.kind != ErrorKind::Transient) {
         co_return err;
       }
-      // A pooled keep-alive connection that the server closed while idle (uvicorn does after
-      // 5 s) fails while the request is being written: the server never saw it, so sending it
-      // again at once on a fresh connection is safe, even for a claim.
-      if (!write_retried && neverSent(err)) {
-        write_retried = true;
-        continue;
-      }
       // A connection error before anything ever worked means a wrong URL: fail fast.
       bool retryable = options.retry && has_succeeded_ && attempt < max_retries;
       if (!retryable) {
-        co_return makeError(ErrorKind::Transient,
-                            "cannot reach the Prefect API (" + what + "): " + err.message);
+        co_return makeError(ErrorKind::Transient, what + ": " + err.message);
       }
       ++attempt;
       co_await sleepFor(retryDelay(attempt, nullptr));

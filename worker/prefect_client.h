@@ -1,15 +1,13 @@
 #pragma once
 
 // The client of Prefect's REST API: the calls a worker makes, with Prefect's headers, auth,
-// CSRF protocol and retry policy. Transport is cpprestsdk; results come back on the worker's
-// io_context as `Result` values, never as exceptions.
+// CSRF protocol and retry policy. Transport is the project's HTTP client (Boost.Beast) on the
+// worker's own io_context, with a few keep-alive connections; results come back as `Result`
+// values, never as exceptions.
 
-#include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -20,21 +18,21 @@
 #include "worker/async.h"
 #include "worker/settings.h"
 
-namespace web::http::client {
-class http_client;
-}  // namespace web::http::client
+namespace poolworker::backends::common {
+class HttpClient;
+}  // namespace poolworker::backends::common
 
 namespace poolworker::prefect {
 
 /// @brief HTTP methods the client uses.
 enum class Method { Get, Post, Patch, Delete };
 
-/// @brief Called after every HTTP exchange, for metrics: method, endpoint template (e.g.
-/// "/flow_runs/{id}/set_state"), status (0 for a transport error, `kNotSent` for a request
-/// that never left: a pooled connection the server had closed, resent at once) and duration.
 /// @brief Status given to the observer for a request the server never received.
 inline constexpr int kNotSent = -1;
 
+/// @brief Called after every HTTP exchange, for metrics: method, endpoint template (e.g.
+/// "/flow_runs/{id}/set_state"), status (0 for a transport error, `kNotSent` for a request
+/// that never left: a pooled connection the server had closed, resent at once) and duration.
 using RequestObserver = std::function<void(const char* method, const std::string& endpoint,
                                            int status, double seconds)>;
 
@@ -81,7 +79,7 @@ std::string encodePathSegment(const std::string& segment);
 /// @brief An asynchronous client of one Prefect API.
 ///
 /// Every method must be called on the io_context's thread and resumes there. Requests run
-/// concurrently; cpprestsdk's own threads do the I/O.
+/// concurrently, on that thread: the client starts no thread of its own.
 class PrefectClient {
  public:
   /// @param io the worker's event loop, where results are delivered.
@@ -97,6 +95,10 @@ class PrefectClient {
 
   /// @brief Adds the attribution headers (X-Prefect-Worker-Name / -Id) to every request.
   void setWorkerIdentity(std::string name, std::string id);
+
+  /// @brief Starts fetching the CSRF token now, when the server may want one, so that the first
+  /// mutating call need not wait for it. Errors are left to that call, which asks again.
+  void prefetchCsrfToken();
 
   /// @brief Abandons every request in flight (they complete with `Cancelled`) and refuses new
   /// ones. Called when the worker stops.
@@ -169,19 +171,20 @@ class PrefectClient {
 
  private:
   struct RawResponse;
-  struct Shared;
 
   asio::awaitable<Result<RawResponse>> sendOnce(Method method, const std::string& path,
                                                 const std::optional<std::string>& body,
                                                 const std::string& endpoint);
   asio::awaitable<Result<void>> ensureCsrfToken();
+  asio::awaitable<Result<void>> fetchCsrfToken();
   std::chrono::milliseconds retryDelay(int attempt, const RawResponse* response) const;
 
   asio::io_context& io_;
   ApiSettings settings_;
   std::string user_agent_;
-  std::unique_ptr<web::http::client::http_client> http_;
-  std::shared_ptr<Shared> shared_;
+  std::string base_path_;  ///< The URL's path ("/api"), before every endpoint's.
+  std::unique_ptr<backends::common::HttpClient> http_;
+  bool cancelled_ = false;
   RequestObserver observer_;
   std::string worker_name_;
   std::string worker_id_;
@@ -190,6 +193,7 @@ class PrefectClient {
   std::string csrf_client_;
   std::string csrf_token_;
   std::chrono::system_clock::time_point csrf_expiration_{};
+  std::shared_ptr<Started<Result<void>>> csrf_fetch_;  ///< The token fetch in flight, if any.
 };
 
 }  // namespace poolworker::prefect

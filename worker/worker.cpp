@@ -316,6 +316,15 @@ asio::awaitable<Result<void>> Worker::startup() {
         "PREFECT_API_URL '" + settings_.api.url + "' must start with http:// or https://");
   }
 
+  // What the first poll needs is asked for at once, beside the health check: the pool (for its
+  // type) and the CSRF token. Their answers count only once the health check passed.
+  type_ = source_ != nullptr ? source_->backendType() : settings_.type;
+  std::optional<Started<Result<Json>>> first_pool_read;
+  if (type_.empty()) {
+    first_pool_read.emplace(io_, client_.readWorkPool(settings_.pool));
+  }
+  client_.prefetchCsrfToken();
+
   // The API must answer as a Prefect server before anything else: a wrong URL or an unreachable
   // host ends the worker with one clear message, while a server that answers with errors is
   // waited for.
@@ -356,12 +365,18 @@ asio::awaitable<Result<void>> Worker::startup() {
   }
 
   // The worker type: the flag, else the pool's type, else "process" for a pool to be created.
-  type_ = source_ != nullptr ? source_->backendType() : settings_.type;
   if (type_.empty()) {
     for (int attempt = 0;; ++attempt) {
-      auto pool = co_await client_.readWorkPool(settings_.pool);
+      Result<Json> pool = makeError(ErrorKind::Internal, "not read");
+      if (attempt == 0 && first_pool_read) {
+        pool = co_await first_pool_read->get();
+      } else {
+        pool = co_await client_.readWorkPool(settings_.pool);
+      }
       if (pool) {
         type_ = str(*pool, "type");
+        // The first sync uses this answer instead of asking again a moment later.
+        startup_pool_ = std::move(pool).value();
         break;
       }
       if (pool.error().kind == ErrorKind::NotFound) {
@@ -511,7 +526,13 @@ asio::awaitable<Result<void>> Worker::syncOnce(bool at_startup) {
     }
     co_return synced;
   }
-  auto pool = co_await client_.readWorkPool(settings_.pool);
+  Result<Json> pool = makeError(ErrorKind::Internal, "not read");
+  if (at_startup && startup_pool_) {
+    pool = std::move(*startup_pool_);
+    startup_pool_.reset();
+  } else {
+    pool = co_await client_.readWorkPool(settings_.pool);
+  }
   if (!pool && pool.error().kind == ErrorKind::NotFound) {
     if (!settings_.create_pool_if_not_found) {
       log_.warn("Work pool '" + settings_.pool + "' not found!");
@@ -558,6 +579,26 @@ asio::awaitable<Result<void>> Worker::syncOnce(bool at_startup) {
   }
   pool_ = std::move(snapshot);
 
+  if (at_startup) {
+    // The first poll needs the pool, not the heartbeat's answer: the heartbeat goes beside it,
+    // and a failed one is retried by the sync loop as any later one.
+    synced_ = true;
+    api_healthy_ = true;
+    asio::co_spawn(io_, firstHeartbeat(), asio::detached);
+    co_return success();
+  }
+  co_return co_await heartbeat();
+}
+
+asio::awaitable<void> Worker::firstHeartbeat() {
+  auto beat = co_await heartbeat();
+  if (!beat && beat.error().kind != ErrorKind::Cancelled) {
+    log_.warn("the first heartbeat to work pool '" + settings_.pool +
+              "' failed: " + beat.error().message);
+  }
+}
+
+asio::awaitable<Result<void>> Worker::heartbeat() {
   auto beat = co_await client_.heartbeat(settings_.pool, name_,
                                          static_cast<int>(settings_.heartbeat_seconds));
   if (!beat) {

@@ -126,6 +126,8 @@ class Worker {
  private:
   asio::awaitable<Result<void>> startup();
   asio::awaitable<Result<void>> syncOnce(bool at_startup);
+  asio::awaitable<Result<void>> heartbeat();
+  asio::awaitable<void> firstHeartbeat();
   asio::awaitable<void> syncLoop();
   asio::awaitable<void> pollLoop();
   asio::awaitable<void> pollOnce();
@@ -171,6 +173,7 @@ class Worker {
   std::string type_;
   std::string worker_id_;
   Json pool_;
+  std::optional<Json> startup_pool_;  ///< The pool as read to learn its type, for the first sync.
   Json default_template_;
   BackendPtr backend_;
   std::unique_ptr<Journal> journal_;

@@ -21,6 +21,7 @@
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/stream_traits.hpp>
 #include <boost/beast/http.hpp>
+#include <poll.h>
 
 namespace poolworker::backends::common {
 
@@ -184,12 +185,51 @@ class HttpClientState : public std::enable_shared_from_this<HttpClientState> {
   void remove(std::uint64_t id) { calls.erase(id); }
   void cancelAll();
 
+  /// An open connection kept for the next request; `stream` is the `Call`'s stream type.
+  struct IdleConnection {
+    std::shared_ptr<void> stream;
+    int fd = -1;
+    std::chrono::steady_clock::time_point since;
+  };
+
+  /// Keeps a connection whose exchange ended cleanly, unless the pool is full.
+  void putIdle(std::shared_ptr<void> stream, int fd) {
+    if (closed || options.max_idle_connections == 0) {
+      return;
+    }
+    if (idle.size() >= options.max_idle_connections) {
+      idle.erase(idle.begin());
+    }
+    idle.push_back({std::move(stream), fd, std::chrono::steady_clock::now()});
+  }
+
+  /// The most recently used idle connection that is still usable, or null. A connection with
+  /// anything to read while idle was closed (or is being closed) by the server: an HTTP/1.1
+  /// server sends nothing unasked.
+  std::shared_ptr<void> takeIdle() {
+    const auto now = std::chrono::steady_clock::now();
+    while (!idle.empty()) {
+      IdleConnection candidate = std::move(idle.back());
+      idle.pop_back();
+      if (now - candidate.since >= options.idle_expiry) {
+        continue;
+      }
+      pollfd check{candidate.fd, static_cast<short>(POLLIN | POLLRDHUP), 0};
+      if (::poll(&check, 1, 0) != 0) {
+        continue;
+      }
+      return std::move(candidate.stream);
+    }
+    return nullptr;
+  }
+
   asio::io_context& io;
   HttpEndpoint endpoint;
   HttpClientOptions options;
   bool closed = false;
   std::uint64_t next_id = 1;
   std::unordered_map<std::uint64_t, std::weak_ptr<CallBase>> calls;
+  std::vector<IdleConnection> idle;
 
  private:
   std::shared_ptr<asio::ssl::context> tls_;
@@ -295,8 +335,17 @@ class CallBase : public HttpCall, public std::enable_shared_from_this<CallBase> 
   virtual void write() = 0;
   virtual void readHead() = 0;
   virtual void readBody() = 0;
+  /// Offers the connection to the pool after a complete exchange; false when it cannot be kept.
+  virtual bool keepConnection() = 0;
+  /// Drops a reused connection whose write failed and connects afresh.
+  virtual void reconnect() = 0;
 
   std::string service() const { return state_->options.service_name; }
+  /// host:port of a TCP endpoint, IPv6 addresses in brackets.
+  std::string authority() const {
+    const bool v6 = endpoint().host.find(':') != std::string::npos;
+    return (v6 ? "[" + endpoint().host + "]" : endpoint().host) + ":" + endpoint().port;
+  }
   const HttpEndpoint& endpoint() const { return state_->endpoint; }
 
   /// Ends the call with `error` whatever is pending: the pending operation is aborted by the
@@ -349,18 +398,38 @@ class CallBase : public HttpCall, public std::enable_shared_from_this<CallBase> 
     if (done_ || aborted_) {
       return;
     }
+    if (message_ready_) {
+      write();
+      return;
+    }
+    message_ready_ = true;
     request_message_.method_string(request_.method);
-    request_message_.target(request_.target);
+    const auto& proxy = endpoint().proxy;
+    if (proxy && !endpoint().tls.enabled) {
+      // A proxy forwarding plain HTTP wants the absolute URL.
+      request_message_.target("http://" + authority() + request_.target);
+      if (!proxy->authorization.empty()) {
+        request_message_.set(http::field::proxy_authorization, proxy->authorization);
+      }
+    } else {
+      request_message_.target(request_.target);
+    }
     request_message_.version(11);
     if (endpoint().transport == HttpEndpoint::Transport::Unix) {
       request_message_.set(http::field::host, "localhost");
     } else {
+      // The port is left out when it is the scheme's default, as browsers and curl do: some
+      // front ends route on the exact Host value.
+      const bool default_port = endpoint().port == (endpoint().tls.enabled ? "443" : "80");
       const bool v6 = endpoint().host.find(':') != std::string::npos;
-      request_message_.set(http::field::host, (v6 ? "[" + endpoint().host + "]" : endpoint().host) +
-                                                  ":" + endpoint().port);
+      request_message_.set(
+          http::field::host,
+          default_port ? (v6 ? "[" + endpoint().host + "]" : endpoint().host) : authority());
     }
     request_message_.set(http::field::user_agent, state_->options.user_agent);
-    request_message_.set(http::field::connection, "close");
+    if (state_->options.max_idle_connections == 0) {
+      request_message_.set(http::field::connection, "close");
+    }
     for (const auto& [name, value] : request_.headers) {
       request_message_.set(name, value);
     }
@@ -374,6 +443,20 @@ class CallBase : public HttpCall, public std::enable_shared_from_this<CallBase> 
 
   void onWritten(const ErrorCode& ec) {
     if (done_ || aborted_) {
+      return;
+    }
+    if (ec && reused_ && !resent_) {
+      // The server closed this idle connection before our request reached it: it saw nothing,
+      // so sending it again is safe whatever the request does.
+      resent_ = true;
+      reused_ = false;
+      if (request_.on_resent) {
+        request_.on_resent();
+        if (done_ || aborted_) {
+          return;
+        }
+      }
+      reconnect();
       return;
     }
     if (ec) {
@@ -459,7 +542,11 @@ class CallBase : public HttpCall, public std::enable_shared_from_this<CallBase> 
     done_ = true;
     head_timer_.cancel();
     total_timer_.cancel();
-    closeStream();
+    const bool reusable = result.ok() && !aborted_ && parser_.is_done() &&
+                          parser_.get().keep_alive() && buffer_.size() == 0;
+    if (!reusable || !keepConnection()) {
+      closeStream();
+    }
     state_->remove(id_);
     auto on_done = std::move(handlers_.on_done);
     handlers_ = {};
@@ -491,6 +578,9 @@ class CallBase : public HttpCall, public std::enable_shared_from_this<CallBase> 
   bool streaming_ = false;
   bool done_ = false;
   bool aborted_ = false;  // closed by cancel() or a deadline; finish() is on its way
+  bool reused_ = false;   // the connection came from the idle pool
+  bool resent_ = false;   // the request was sent again after a failed write on a reused one
+  bool message_ready_ = false;
   std::optional<Error> pending_error_;
   asio::steady_timer head_timer_;
   asio::steady_timer total_timer_;
@@ -504,11 +594,11 @@ class CallBase : public HttpCall, public std::enable_shared_from_this<CallBase> 
 template <typename Stream>
 class Call final : public CallBase {
  public:
-  template <typename... StreamArgs>
   Call(std::shared_ptr<HttpClientState> state, std::uint64_t id, HttpRequest request,
-       StreamHandlers handlers, bool buffer_all, StreamArgs&&... stream_args)
+       StreamHandlers handlers, bool buffer_all,
+       std::shared_ptr<asio::ssl::context> tls_context = nullptr)
       : CallBase(std::move(state), id, std::move(request), std::move(handlers), buffer_all),
-        stream_(std::forward<StreamArgs>(stream_args)...),
+        tls_context_(std::move(tls_context)),
         resolver_(state_->io) {}
 
  private:
@@ -518,22 +608,38 @@ class Call final : public CallBase {
 
   std::shared_ptr<Self> self() { return std::static_pointer_cast<Self>(shared_from_this()); }
 
-  void connect() override {
-    if constexpr (kUnix) {
-      stream_.async_connect(asio::local::stream_protocol::endpoint(endpoint().socket_path),
-                            [self = self()](const ErrorCode& ec) {
-                              if (self->done_) {
-                                return;
-                              }
-                              if (ec) {
-                                self->finish(self->failure(ec, true));
-                                return;
-                              }
-                              self->onConnected();
-                            });
+  std::shared_ptr<Stream> freshStream() {
+    if constexpr (kTls) {
+      return std::make_shared<Stream>(state_->io, *tls_context_);
     } else {
+      return std::make_shared<Stream>(state_->io);
+    }
+  }
+
+  void connect() override {
+    if (auto idle = state_->takeIdle()) {
+      stream_ = std::static_pointer_cast<Stream>(std::move(idle));
+      reused_ = true;
+      onConnected();
+      return;
+    }
+    stream_ = freshStream();
+    if constexpr (kUnix) {
+      stream_->async_connect(asio::local::stream_protocol::endpoint(endpoint().socket_path),
+                             [self = self()](const ErrorCode& ec) {
+                               if (self->done_) {
+                                 return;
+                               }
+                               if (ec) {
+                                 self->finish(self->failure(ec, true));
+                                 return;
+                               }
+                               self->onConnected();
+                             });
+    } else {
+      const auto& proxy = endpoint().proxy;
       resolver_.async_resolve(
-          endpoint().host, endpoint().port,
+          proxy ? proxy->host : endpoint().host, proxy ? proxy->port : endpoint().port,
           [self = self()](const ErrorCode& ec, const asio::ip::tcp::resolver::results_type& found) {
             if (self->done_) {
               return;
@@ -542,7 +648,7 @@ class Call final : public CallBase {
               self->finish(self->failure(ec, true));
               return;
             }
-            asio::async_connect(beast::get_lowest_layer(self->stream_), found,
+            asio::async_connect(beast::get_lowest_layer(*self->stream_), found,
                                 [self](const ErrorCode& connect_ec, const auto&) {
                                   if (self->done_) {
                                     return;
@@ -551,10 +657,63 @@ class Call final : public CallBase {
                                     self->finish(self->failure(connect_ec, true));
                                     return;
                                   }
+                                  if (kTls && self->endpoint().proxy) {
+                                    self->tunnel();
+                                    return;
+                                  }
                                   self->handshake();
                                 });
           });
     }
+  }
+
+  void reconnect() override {
+    closeStream();
+    stream_.reset();
+    connect();
+  }
+
+  /// Asks the proxy for a tunnel to the endpoint, for TLS end to end.
+  void tunnel() {
+    tunnel_request_ =
+        std::make_shared<http::request<http::empty_body>>(http::verb::connect, authority(), 11);
+    tunnel_request_->set(http::field::host, authority());
+    if (!endpoint().proxy->authorization.empty()) {
+      tunnel_request_->set(http::field::proxy_authorization, endpoint().proxy->authorization);
+    }
+    http::async_write(
+        beast::get_lowest_layer(*stream_), *tunnel_request_,
+        [self = self()](const ErrorCode& ec, std::size_t) {
+          if (self->done_ || self->aborted_) {
+            return;
+          }
+          if (ec) {
+            self->finish(self->failure(ec, true));
+            return;
+          }
+          self->tunnel_answer_ = std::make_shared<http::response_parser<http::empty_body>>();
+          self->tunnel_answer_->skip(true);  // a 2xx answer to CONNECT has no body
+          http::async_read_header(
+              beast::get_lowest_layer(*self->stream_), self->buffer_, *self->tunnel_answer_,
+              [self](const ErrorCode& read_ec, std::size_t) {
+                if (self->done_ || self->aborted_) {
+                  return;
+                }
+                if (read_ec) {
+                  self->finish(self->failure(read_ec, true));
+                  return;
+                }
+                const int status = static_cast<int>(self->tunnel_answer_->get().result_int());
+                if (status / 100 != 2) {
+                  self->finish(makeError(ErrorKind::Transient,
+                                         "cannot reach " + self->service() + " at " +
+                                             self->endpoint().url + ": the proxy answered " +
+                                             std::to_string(status) + " to CONNECT"));
+                  return;
+                }
+                self->handshake();
+              });
+        });
   }
 
   void handshake() {
@@ -564,47 +723,60 @@ class Call final : public CallBase {
       (void)asio::ip::make_address(host, not_an_address);
       if (not_an_address) {
         // SNI: a server with several names needs it to choose its certificate.
-        SSL_ctrl(stream_.native_handle(), SSL_CTRL_SET_TLSEXT_HOSTNAME, TLSEXT_NAMETYPE_host_name,
+        SSL_ctrl(stream_->native_handle(), SSL_CTRL_SET_TLSEXT_HOSTNAME, TLSEXT_NAMETYPE_host_name,
                  const_cast<char*>(host.c_str()));
       }
       if (endpoint().tls.verify) {
-        stream_.set_verify_callback(asio::ssl::host_name_verification(host));
+        stream_->set_verify_callback(asio::ssl::host_name_verification(host));
       }
-      stream_.async_handshake(asio::ssl::stream_base::client, [self = self()](const ErrorCode& ec) {
-        if (self->done_) {
-          return;
-        }
-        if (ec) {
-          if (self->pending_error_) {
-            self->finish(*self->pending_error_);
-            return;
-          }
-          self->finish(makeError(ErrorKind::InfrastructureFailed,
-                                 "TLS handshake with " + self->service() + " at " +
-                                     self->endpoint().url + " failed: " + ec.message()));
-          return;
-        }
-        self->onConnected();
-      });
+      stream_->async_handshake(
+          asio::ssl::stream_base::client, [self = self()](const ErrorCode& ec) {
+            if (self->done_) {
+              return;
+            }
+            if (ec) {
+              if (self->pending_error_) {
+                self->finish(*self->pending_error_);
+                return;
+              }
+              self->finish(makeError(ErrorKind::InfrastructureFailed,
+                                     "TLS handshake with " + self->service() + " at " +
+                                         self->endpoint().url + " failed: " + ec.message()));
+              return;
+            }
+            self->onConnected();
+          });
     } else {
       onConnected();
     }
   }
 
   void write() override {
-    http::async_write(stream_, request_message_,
+    http::async_write(*stream_, request_message_,
                       [self = self()](const ErrorCode& ec, std::size_t) { self->onWritten(ec); });
   }
 
   void readHead() override {
     http::async_read_header(
-        stream_, buffer_, parser_,
+        *stream_, buffer_, parser_,
         [self = self()](const ErrorCode& ec, std::size_t) { self->onHead(ec); });
   }
 
   void readBody() override {
-    http::async_read_some(stream_, buffer_, parser_,
+    http::async_read_some(*stream_, buffer_, parser_,
                           [self = self()](const ErrorCode& ec, std::size_t) { self->onBody(ec); });
+  }
+
+  bool keepConnection() override {
+    if (!stream_ || state_->closed || state_->options.max_idle_connections == 0) {
+      return false;
+    }
+    auto& socket = beast::get_lowest_layer(*stream_);
+    if (!socket.is_open()) {
+      return false;
+    }
+    state_->putIdle(std::move(stream_), socket.native_handle());
+    return true;
   }
 
   void closeStream() override {
@@ -612,14 +784,20 @@ class Call final : public CallBase {
     if constexpr (!kUnix) {
       resolver_.cancel();
     }
-    auto& socket = beast::get_lowest_layer(stream_);
+    if (!stream_) {
+      return;
+    }
+    auto& socket = beast::get_lowest_layer(*stream_);
     if (socket.is_open()) {
       socket.shutdown(asio::socket_base::shutdown_both, ignored);
       socket.close(ignored);
     }
   }
 
-  Stream stream_;
+  std::shared_ptr<asio::ssl::context> tls_context_;
+  std::shared_ptr<Stream> stream_;
+  std::shared_ptr<http::request<http::empty_body>> tunnel_request_;
+  std::shared_ptr<http::response_parser<http::empty_body>> tunnel_answer_;
   asio::ip::tcp::resolver resolver_;
 };
 
@@ -634,6 +812,7 @@ void HttpClientState::cancelAll() {
   for (const auto& call : live) {
     call->cancel();
   }
+  idle.clear();
 }
 
 namespace {
@@ -662,17 +841,17 @@ std::shared_ptr<HttpCall> startCall(const std::shared_ptr<HttpClientState>& stat
   std::shared_ptr<CallBase> call;
   if (state->endpoint.transport == HttpEndpoint::Transport::Unix) {
     call = std::make_shared<Call<asio::local::stream_protocol::socket>>(
-        state, id, std::move(request), std::move(handlers), buffer_all, state->io);
+        state, id, std::move(request), std::move(handlers), buffer_all);
   } else if (state->endpoint.tls.enabled) {
     auto context = state->tlsContext();
     if (!context) {
       return fail_now(context.error());
     }
     call = std::make_shared<Call<asio::ssl::stream<asio::ip::tcp::socket>>>(
-        state, id, std::move(request), std::move(handlers), buffer_all, state->io, **context);
+        state, id, std::move(request), std::move(handlers), buffer_all, *context);
   } else {
-    call = std::make_shared<Call<asio::ip::tcp::socket>>(
-        state, id, std::move(request), std::move(handlers), buffer_all, state->io);
+    call = std::make_shared<Call<asio::ip::tcp::socket>>(state, id, std::move(request),
+                                                         std::move(handlers), buffer_all);
   }
   state->add(id, call);
   call->run();

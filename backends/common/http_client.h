@@ -4,15 +4,18 @@
 /// @brief An asynchronous HTTP/1.1 client on an Asio event loop, over a unix socket or TCP
 /// (optionally TLS), for backends that talk to a local daemon's REST API.
 ///
-/// Every request opens its own connection and closes it when the exchange ends: no pool and
-/// no thread per request. Responses are either buffered or streamed chunk by chunk, which
-/// long-lived answers need (a log stream that follows, a progress stream, a blocking wait).
-/// Every operation completes on the event loop's thread, exactly once, never inline.
+/// By default every request opens its own connection and closes it when the exchange ends; a
+/// client may instead keep a few idle connections open and reuse them (`max_idle_connections`),
+/// for a server far away where a handshake per request would be slow. No thread per request.
+/// Responses are either buffered or streamed chunk by chunk, which long-lived answers need (a log
+/// stream that follows, a progress stream, a blocking wait). Every operation completes on the event
+/// loop's thread, exactly once, never inline.
 
 #include <chrono>
 #include <cstddef>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -55,6 +58,15 @@ struct HttpEndpoint {
   /// The endpoint as a URL, for messages: "unix:///var/run/docker.sock",
   /// "tcp://10.0.0.5:2376".
   std::string url;
+
+  /// @brief An HTTP proxy in between (TCP only).
+  struct Proxy {
+    std::string host;           ///< Proxy host name or address (no brackets).
+    std::string port;           ///< Proxy port.
+    std::string authorization;  ///< Proxy-Authorization value, e.g. "Basic ..."; empty: none.
+  };
+  /// Go through this proxy: a CONNECT tunnel for TLS, absolute-form targets otherwise.
+  std::optional<Proxy> proxy;
 };
 
 /// @brief Parses an endpoint URL: `unix:///path`, `tcp://host[:port]`, `http://host[:port]`
@@ -83,6 +95,10 @@ struct HttpRequest {
   std::chrono::milliseconds timeout{0};
   /// Deadline for connecting and receiving the response head; zero: `timeout` alone applies.
   std::chrono::milliseconds head_timeout{0};
+  /// Called when writing the request on a reused idle connection failed (the server had closed
+  /// it, so it never saw the request) and the request is being sent again at once on a new
+  /// connection. That happens at most once per request.
+  std::function<void()> on_resent;
 };
 
 /// @brief A response: status, header fields and (for buffered requests) the body.
@@ -125,6 +141,13 @@ struct HttpClientOptions {
   std::string user_agent = "poolworker";
   /// Largest body a buffered request (or an error answer of a streamed one) accepts.
   std::size_t max_buffered_body = 64U * 1024U * 1024U;
+  /// How many idle keep-alive connections to keep for reuse; 0: every request has its own
+  /// connection, closed after the answer (`Connection: close`).
+  std::size_t max_idle_connections = 0;
+  /// An idle connection unused for this long is closed instead of reused. Servers close idle
+  /// connections too (uvicorn after 5 s); a connection the server already closed is noticed
+  /// and dropped before reuse, but one it closes while our request is on its way is not.
+  std::chrono::milliseconds idle_expiry{4000};
 };
 
 class HttpClientState;

@@ -1,0 +1,192 @@
+// The HTTP client's keep-alive pool, against a scripted loopback server: connections are reused,
+// one the server closed while idle is replaced without the caller noticing, and a request the
+// server may have received is never sent twice.
+
+#include "backends/common/http_client.h"
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <utility>  // Boost 1.74's Asio uses std::exchange without including it.
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/http.hpp>
+#include <gtest/gtest.h>
+
+namespace poolworker::backends::common {
+namespace {
+
+namespace asio = boost::asio;
+namespace http = boost::beast::http;
+using tcp = asio::ip::tcp;
+
+/// What the server does with the n-th request it reads (counting from 1).
+enum class Reply { Answer, AnswerThenClose, DropUnanswered };
+
+/// A blocking HTTP/1.1 server on its own thread, one connection at a time.
+class ScriptedServer {
+ public:
+  explicit ScriptedServer(std::function<Reply(int request)> script)
+      : script_(std::move(script)),
+        acceptor_(io_, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0)) {
+    thread_ = std::thread([this] { serve(); });
+  }
+
+  ~ScriptedServer() {
+    stopping_ = true;
+    boost::system::error_code ignored;
+    // Wakes the blocking accept.
+    tcp::socket poke(io_);
+    poke.connect(acceptor_.local_endpoint(), ignored);
+    poke.close(ignored);
+    thread_.join();
+  }
+
+  std::string url() const {
+    return "http://127.0.0.1:" + std::to_string(acceptor_.local_endpoint().port());
+  }
+  int connections() const { return connections_; }
+  int requests() const { return requests_; }
+  std::string lastConnectionHeader() const {
+    std::lock_guard lock(mu_);
+    return last_connection_header_;
+  }
+
+ private:
+  void serve() {
+    while (!stopping_) {
+      tcp::socket socket(io_);
+      boost::system::error_code ec;
+      acceptor_.accept(socket, ec);
+      if (ec || stopping_) {
+        return;
+      }
+      ++connections_;
+      boost::beast::flat_buffer buffer;
+      for (;;) {
+        http::request<http::string_body> request;
+        http::read(socket, buffer, request, ec);
+        if (ec) {
+          break;
+        }
+        const int n = ++requests_;
+        {
+          std::lock_guard lock(mu_);
+          last_connection_header_ = std::string(request[http::field::connection]);
+        }
+        const Reply reply = script_(n);
+        if (reply == Reply::DropUnanswered) {
+          break;
+        }
+        http::response<http::string_body> response(http::status::ok, 11);
+        response.body() = "answer " + std::to_string(n);
+        response.keep_alive(request.keep_alive());
+        response.prepare_payload();
+        http::write(socket, response, ec);
+        if (ec || reply == Reply::AnswerThenClose || !request.keep_alive()) {
+          break;
+        }
+      }
+      socket.shutdown(tcp::socket::shutdown_both, ec);
+      socket.close(ec);
+    }
+  }
+
+  std::function<Reply(int)> script_;
+  asio::io_context io_;
+  tcp::acceptor acceptor_;
+  std::thread thread_;
+  std::atomic<bool> stopping_{false};
+  std::atomic<int> connections_{0};
+  std::atomic<int> requests_{0};
+  mutable std::mutex mu_;
+  std::string last_connection_header_;
+};
+
+class HttpClientPoolTest : public ::testing::Test {
+ protected:
+  std::unique_ptr<HttpClient> client(const ScriptedServer& server, std::size_t idle) {
+    auto endpoint = parseHttpEndpoint(server.url());
+    EXPECT_TRUE(endpoint.ok());
+    HttpClientOptions options;
+    options.max_idle_connections = idle;
+    return std::make_unique<HttpClient>(io_, std::move(endpoint).value(), options);
+  }
+
+  /// Sends one GET and runs the loop until it completes; counts resends.
+  Result<HttpResponse> get(HttpClient& http) {
+    HttpRequest request;
+    request.target = "/";
+    request.timeout = std::chrono::seconds(10);
+    request.on_resent = [this] { ++resent_; };
+    std::optional<Result<HttpResponse>> result;
+    http.request(std::move(request), [&](Result<HttpResponse> r) { result.emplace(std::move(r)); });
+    io_.restart();
+    while (!result && io_.run_one() > 0) {
+    }
+    return std::move(*result);
+  }
+
+  asio::io_context io_;
+  int resent_ = 0;
+};
+
+TEST_F(HttpClientPoolTest, ReusesAKeepAliveConnection) {
+  ScriptedServer server([](int) { return Reply::Answer; });
+  auto http = client(server, 2);
+  for (int i = 1; i <= 3; ++i) {
+    auto answer = get(*http);
+    ASSERT_TRUE(answer.ok()) << answer.error().message;
+    EXPECT_EQ(answer->body, "answer " + std::to_string(i));
+  }
+  EXPECT_EQ(server.connections(), 1);
+  EXPECT_EQ(server.lastConnectionHeader(), "");
+  EXPECT_EQ(resent_, 0);
+}
+
+TEST_F(HttpClientPoolTest, WithoutAPoolEveryRequestHasItsConnection) {
+  ScriptedServer server([](int) { return Reply::Answer; });
+  auto http = client(server, 0);
+  ASSERT_TRUE(get(*http).ok());
+  ASSERT_TRUE(get(*http).ok());
+  EXPECT_EQ(server.connections(), 2);
+  EXPECT_EQ(server.lastConnectionHeader(), "close");
+}
+
+TEST_F(HttpClientPoolTest, AConnectionTheServerClosedWhileIdleIsNotReused) {
+  // The server closes after each answer without saying so, as on an idle timeout.
+  ScriptedServer server([](int) { return Reply::AnswerThenClose; });
+  auto http = client(server, 2);
+  ASSERT_TRUE(get(*http).ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // the close reaches the client
+  auto second = get(*http);
+  ASSERT_TRUE(second.ok()) << second.error().message;
+  EXPECT_EQ(second->body, "answer 2");
+  EXPECT_EQ(server.connections(), 2);
+  EXPECT_EQ(server.requests(), 2);
+}
+
+TEST_F(HttpClientPoolTest, ARequestTheServerReadIsNeverSentTwice) {
+  // The second request reaches the server on the reused connection, which then closes without
+  // answering: the server may have acted on it, so the client reports an error.
+  ScriptedServer server([](int n) { return n == 2 ? Reply::DropUnanswered : Reply::Answer; });
+  auto http = client(server, 2);
+  ASSERT_TRUE(get(*http).ok());
+  auto second = get(*http);
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.error().kind, ErrorKind::Transient);
+  EXPECT_EQ(server.requests(), 2);
+  EXPECT_EQ(resent_, 0);
+  auto third = get(*http);
+  ASSERT_TRUE(third.ok()) << third.error().message;
+  EXPECT_EQ(third->body, "answer 3");
+}
+
+}  // namespace
+}  // namespace poolworker::backends::common
