@@ -230,6 +230,10 @@ def measure_point(backend: str, stream_output: bool, count: int, args, bins: dic
             stats = fake_prefect.ask("stats")
             if stats["with_pid"] >= count:
                 break
+            crashed = stats["states"].get("CRASHED", 0)
+            if crashed:
+                fail(f"{backend} N={count}: {crashed} runs crashed before their infrastructure "
+                     f"started (see {work / 'worker.log'})")
             if time.time() > deadline or worker.poll() is not None:
                 fail(f"{backend} N={count}: only {stats['with_pid']} runs started "
                      f"(see {work / 'worker.log'})")
@@ -326,6 +330,8 @@ def write_results(out: Path, results: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--counts", default="10,100,1000,10000")
+    parser.add_argument("--docker-counts", default=None,
+                        help="counts of the Docker series (default: --counts)")
     parser.add_argument("--series", default=",".join(SERIES))
     parser.add_argument("--settle-seconds", type=float, default=5)
     parser.add_argument("--measure-seconds", type=float, default=15)
@@ -356,7 +362,10 @@ def main() -> None:
         if name not in SERIES:
             fail(f"unknown series {name} (known: {', '.join(SERIES)})")
         backend, stream_output = SERIES[name]
-        points = [measure_point(backend, stream_output, n, args, bins) for n in counts]
+        series_counts = counts
+        if backend == "docker" and args.docker_counts:
+            series_counts = [int(c) for c in args.docker_counts.split(",") if c]
+        points = [measure_point(backend, stream_output, n, args, bins) for n in series_counts]
         fitted = slope(points)
         results["series"][name] = {
             "backend": backend,
