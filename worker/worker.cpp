@@ -791,7 +791,6 @@ constexpr auto kFreshPollAnswer = std::chrono::seconds(1);
 
 asio::awaitable<void> Worker::submitRun(std::shared_ptr<RunState> run) {
   const std::string deployment_id = str(run->flow_run, "deployment_id");
-  Json deployment;
   if (!deployment_id.empty()) {
     auto read = co_await cachedDeployment(deployment_id);
     if (!read) {
@@ -809,7 +808,6 @@ asio::awaitable<void> Worker::submitRun(std::shared_ptr<RunState> run) {
       }
       co_return;
     }
-    deployment = std::move(read).value();
   }
 
   // The server accepts PENDING again from a COMPLETED run that has no persisted result, so a
@@ -1042,20 +1040,30 @@ asio::awaitable<Result<void>> Worker::continueClaimedRun(std::shared_ptr<RunStat
     co_return success();
   }
 
-  auto handle_op = awaitCallback<RunHandle>(
-      [this, request = prepared->request, sink = run->log](Callback<RunHandle> done) {
-        backend_->start(request, sink, std::move(done));
-      });
-  auto handle = co_await std::move(handle_op);
-  if (!handle) {
-    run->log->log(LogLevel::Error, "Failed to submit flow run '" + run->name +
-                                       "' to infrastructure: " + handle.error().message);
-    co_await proposeCrashed(
-        run, "Failed to submit flow run to infrastructure: " + handle.error().message);
-    releaseRun(run, "crashed");
-    co_return makeError(handle.error().kind, handle.error().message);
+  {
+    auto handle_op = awaitCallback<RunHandle>(
+        [this, request = std::move(prepared->request), sink = run->log](Callback<RunHandle> done) {
+          backend_->start(request, sink, std::move(done));
+        });
+    auto handle = co_await std::move(handle_op);
+    if (!handle) {
+      run->log->log(LogLevel::Error, "Failed to submit flow run '" + run->name +
+                                         "' to infrastructure: " + handle.error().message);
+      co_await proposeCrashed(
+          run, "Failed to submit flow run to infrastructure: " + handle.error().message);
+      releaseRun(run, "crashed");
+      co_return makeError(handle.error().kind, handle.error().message);
+    }
+    run->handle = std::move(handle).value();
   }
-  run->handle = std::move(handle).value();
+  // This frame lives as long as the run: keep nothing of the preparation (the pool's template,
+  // the deployment, the rendered configuration), and of the flow run only what events name.
+  deployment = Json();
+  flow = Json();
+  ctx = PreparationContext{};
+  prepared = PreparedRun{};
+  run->flow_run = Json{{"deployment_id", run->flow_run.value("deployment_id", Json())},
+                       {"flow_id", run->flow_run.value("flow_id", Json())}};
   journal(run, RunPhase::Started);
   metrics_.inc("runs_started_total");
   auto pid = co_await client_.setInfrastructurePid(run->id, run->handle->infrastructure_pid);

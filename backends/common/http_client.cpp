@@ -32,7 +32,11 @@ using ErrorCode = boost::system::error_code;
 
 namespace {
 
-constexpr std::size_t kReadChunk = 64 * 1024;
+// Body bytes are copied from the parser into a chunk of this size. A buffered answer (a list
+// of a thousand Jobs) is read in large pieces; a streamed one lives as long as its container,
+// and a worker follows thousands of them at once, so its chunk is small and made on first use.
+constexpr std::size_t kBufferedReadChunk = 16 * 1024;
+constexpr std::size_t kStreamedReadChunk = 4 * 1024;
 
 bool iequals(std::string_view a, std::string_view b) {
   return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
@@ -463,6 +467,10 @@ class CallBase : public HttpCall, public std::enable_shared_from_this<CallBase> 
       finish(failure(ec, false));
       return;
     }
+    // A streamed answer may last for hours: keep nothing of the request but what messages name.
+    request_message_ = {};
+    request_.headers = {};
+    request_.body = {};
     readHead();
   }
 
@@ -495,8 +503,18 @@ class CallBase : public HttpCall, public std::enable_shared_from_this<CallBase> 
       finish(head_);
       return;
     }
-    parser_.get().body().data = chunk_.data();
-    parser_.get().body().size = chunk_.size();
+    if (!chunk_) {
+      // A thousand runs start at once: a chunk as large as the answer, not 64 KiB for each, keeps
+      // the burst's peak (which the heap keeps as resident memory afterwards) down.
+      chunk_size_ = buffer_all_ ? kBufferedReadChunk : kStreamedReadChunk;
+      if (const auto length = parser_.content_length(); buffer_all_ && length) {
+        chunk_size_ =
+            static_cast<std::size_t>(std::clamp<std::uint64_t>(*length, 1, kBufferedReadChunk));
+      }
+      chunk_ = std::make_unique_for_overwrite<char[]>(chunk_size_);
+    }
+    parser_.get().body().data = chunk_.get();
+    parser_.get().body().size = chunk_size_;
     readBody();
   }
 
@@ -507,9 +525,9 @@ class CallBase : public HttpCall, public std::enable_shared_from_this<CallBase> 
     if (ec == http::error::need_buffer) {
       ec = {};
     }
-    const std::size_t n = chunk_.size() - parser_.get().body().size;
+    const std::size_t n = chunk_size_ - parser_.get().body().size;
     if (n > 0) {
-      const std::string_view data(chunk_.data(), n);
+      const std::string_view data(chunk_.get(), n);
       if (streaming_) {
         if (handlers_.on_data) {
           handlers_.on_data(data);
@@ -587,7 +605,8 @@ class CallBase : public HttpCall, public std::enable_shared_from_this<CallBase> 
   http::request<http::string_body> request_message_;
   beast::flat_buffer buffer_;
   http::response_parser<http::buffer_body> parser_;
-  std::array<char, kReadChunk> chunk_{};
+  std::unique_ptr<char[]> chunk_;
+  std::size_t chunk_size_ = 0;
   HttpResponse head_;
 };
 

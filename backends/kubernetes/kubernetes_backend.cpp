@@ -1,6 +1,7 @@
 #include "backends/kubernetes/kubernetes_backend.h"
 
 #include <algorithm>
+#include <initializer_list>
 #include <map>
 #include <optional>
 #include <set>
@@ -125,34 +126,72 @@ bool conditionTrue(const Json& job, const char* type, std::string* reason, std::
   return false;
 }
 
-// What the watch keeps of a Job or Pod: the fields a run's end is read from. A thousand
-// followed runs would otherwise hold a thousand full manifests (env, pod spec) twice over.
-Json slim(const Json& object, bool pod) {
-  const Json& metadata = at(object, "metadata");
-  Json kept_metadata = Json::object();
-  for (const char* key : {"name", "resourceVersion", "creationTimestamp", "deletionTimestamp"}) {
-    if (metadata.contains(key)) {
-      kept_metadata[key] = metadata[key];
-    }
+Json pick(const Json& object, std::initializer_list<const char*> keys) {
+  Json kept = Json::object();
+  if (!object.is_object()) {
+    return kept;
   }
-  if (pod) {
-    const Json& labels = at(metadata, "labels");
-    Json kept_labels = Json::object();
-    for (const char* key : {"job-name", "batch.kubernetes.io/job-name"}) {
-      if (labels.contains(key)) {
-        kept_labels[key] = labels[key];
-      }
+  for (const char* key : keys) {
+    if (const auto it = object.find(key); it != object.end()) {
+      kept[key] = *it;
     }
-    kept_metadata["labels"] = std::move(kept_labels);
-    if (metadata.contains("ownerReferences")) {
-      kept_metadata["ownerReferences"] = metadata["ownerReferences"];
-    }
-  }
-  Json kept = {{"metadata", std::move(kept_metadata)}, {"status", at(object, "status")}};
-  if (!pod && at(object, "spec").contains("backoffLimit")) {
-    kept["spec"] = {{"backoffLimit", object["spec"]["backoffLimit"]}};
   }
   return kept;
+}
+
+// What the watch keeps of a Job or Pod: the fields a run's end is read from, and nothing else.
+// Every run in flight has one of each in the cache, and a real API server's objects carry the
+// whole pod spec, managed fields and a dozen status fields (conditions with timestamps, IPs):
+// kept whole, they were most of the worker's memory per run.
+Json slim(const Json& object, bool pod) {
+  const Json& metadata = at(object, "metadata");
+  Json kept_metadata =
+      pick(metadata, {"name", "resourceVersion", "creationTimestamp", "deletionTimestamp"});
+  const Json& status = at(object, "status");
+  Json kept_status;
+  if (pod) {
+    kept_metadata["labels"] =
+        pick(at(metadata, "labels"), {"job-name", "batch.kubernetes.io/job-name"});
+    Json owners = Json::array();
+    for (const auto& owner : at(metadata, "ownerReferences")) {
+      if (str(owner, "kind") == "Job") {
+        owners.push_back(pick(owner, {"kind", "name"}));
+      }
+    }
+    if (!owners.empty()) {
+      kept_metadata["ownerReferences"] = std::move(owners);
+    }
+    kept_status = pick(status, {"phase", "reason", "message"});
+    const Json& containers = at(status, "containerStatuses");
+    if (containers.is_array()) {
+      Json kept_containers = Json::array();
+      for (const auto& container : containers) {
+        Json kept_container = pick(container, {"name", "image"});
+        const Json& state = at(container, "state");
+        Json kept_state = Json::object();
+        if (state.contains("waiting")) {
+          kept_state["waiting"] = pick(at(state, "waiting"), {"reason", "message"});
+        }
+        if (state.contains("terminated")) {
+          kept_state["terminated"] = pick(at(state, "terminated"), {"exitCode"});
+        }
+        kept_container["state"] = std::move(kept_state);
+        kept_containers.push_back(std::move(kept_container));
+      }
+      kept_status["containerStatuses"] = std::move(kept_containers);
+    }
+  } else {
+    kept_status = Json::object();
+    const Json& conditions = at(status, "conditions");
+    if (conditions.is_array()) {
+      Json kept_conditions = Json::array();
+      for (const auto& condition : conditions) {
+        kept_conditions.push_back(pick(condition, {"type", "status", "reason", "message"}));
+      }
+      kept_status["conditions"] = std::move(kept_conditions);
+    }
+  }
+  return Json{{"metadata", std::move(kept_metadata)}, {"status", std::move(kept_status)}};
 }
 
 bool podEvicted(const Json& pod) { return str(at(pod, "status"), "reason") == "Evicted"; }
@@ -343,12 +382,17 @@ class NamespaceWatch : public std::enable_shared_from_this<NamespaceWatch> {
     std::set<std::string> present;
     const Json& items = at(list, "items");
     std::set<std::string> touched;
-    auto& cache = stream.kind == "jobs" ? jobs_cache_ : pods_cache_;
+    const bool pods = stream.kind == "pods";
+    auto& cache = pods ? pods_cache_ : jobs_cache_;
     for (const auto& item : items) {
       const std::string name = objectName(item);
       present.insert(name);
-      cache[name] = slim(item, stream.kind == "pods");
-      touched.insert(stream.kind == "jobs" ? name : jobOfPod(item));
+      if (pods) {
+        storePod(name, item);
+      } else {
+        jobs_cache_[name] = slim(item, false);
+      }
+      touched.insert(pods ? jobOfPod(item) : name);
     }
     const auto list_rv = revision(stream.rv);
     for (auto it = cache.begin(); it != cache.end();) {
@@ -356,8 +400,10 @@ class NamespaceWatch : public std::enable_shared_from_this<NamespaceWatch> {
         ++it;
         continue;
       }
-      touched.insert(stream.kind == "jobs" ? it->first : jobOfPod(it->second));
-      if (stream.kind == "jobs") {
+      touched.insert(pods ? jobOfPod(it->second) : it->first);
+      if (pods) {
+        unindexPod(it->first, it->second);
+      } else {
         markDeleted(it->first);
       }
       it = cache.erase(it);
@@ -503,20 +549,49 @@ class NamespaceWatch : public std::enable_shared_from_this<NamespaceWatch> {
       evaluate(name);
     } else {
       if (type == "DELETED") {
-        pods_cache_.erase(name);
+        erasePod(name);
       } else {
-        pods_cache_[name] = slim(object, true);
+        storePod(name, object);
       }
       evaluate(jobOfPod(object));
     }
     return true;
   }
 
+  void storePod(const std::string& name, const Json& pod) {
+    if (const auto old = pods_cache_.find(name); old != pods_cache_.end()) {
+      unindexPod(name, old->second);
+    }
+    Json kept = slim(pod, true);
+    pods_of_job_[jobOfPod(kept)].insert(name);
+    pods_cache_[name] = std::move(kept);
+  }
+
+  void unindexPod(const std::string& name, const Json& pod) {
+    const auto job = pods_of_job_.find(jobOfPod(pod));
+    if (job != pods_of_job_.end()) {
+      job->second.erase(name);
+      if (job->second.empty()) {
+        pods_of_job_.erase(job);
+      }
+    }
+  }
+
+  void erasePod(const std::string& name) {
+    if (const auto it = pods_cache_.find(name); it != pods_cache_.end()) {
+      unindexPod(name, it->second);
+      pods_cache_.erase(it);
+    }
+  }
+
+  // Through the index: a scan of every cached pod at every event was quadratic in the runs.
   std::vector<const Json*> podsOf(const std::string& job) const {
     std::vector<const Json*> pods;
-    for (const auto& [name, pod] : pods_cache_) {
-      if (jobOfPod(pod) == job) {
-        pods.push_back(&pod);
+    if (const auto names = pods_of_job_.find(job); names != pods_of_job_.end()) {
+      for (const auto& name : names->second) {
+        if (const auto pod = pods_cache_.find(name); pod != pods_cache_.end()) {
+          pods.push_back(&pod->second);
+        }
       }
     }
     std::sort(pods.begin(), pods.end(), [](const Json* a, const Json* b) {
@@ -639,7 +714,7 @@ class NamespaceWatch : public std::enable_shared_from_this<NamespaceWatch> {
                  t->fetched_pods = true;
                  if (answer) {
                    for (const auto& pod : at(*answer, "items")) {
-                     self->pods_cache_[objectName(pod)] = slim(pod, true);
+                     self->storePod(objectName(pod), pod);
                    }
                  }
                  self->evaluate(name);
@@ -802,6 +877,7 @@ class NamespaceWatch : public std::enable_shared_from_this<NamespaceWatch> {
   ResourceStream pods_;
   std::map<std::string, Json> jobs_cache_;
   std::map<std::string, Json> pods_cache_;
+  std::map<std::string, std::set<std::string>> pods_of_job_;  // job -> its cached pods
   std::map<std::string, std::shared_ptr<Tracker>> trackers_;
   bool stopped_ = false;
 };

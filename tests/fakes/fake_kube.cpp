@@ -138,6 +138,16 @@ struct FakeKube::Impl {
   int active_connections = 0;
   std::list<std::shared_ptr<tcp::socket>> sockets;
 
+  // Followers of a pod's log wait on the pod's own condition: with thousands of followed pods,
+  // waking them all at every event of the cluster would cost more than the worker measured.
+  std::map<std::string, std::shared_ptr<std::condition_variable>> log_waiters;  // ns/pod
+
+  void wakeLog(const std::string& key) {
+    if (auto it = log_waiters.find(key); it != log_waiters.end()) {
+      it->second->notify_all();
+    }
+  }
+
   // ---- store (mutex held) ----
   std::string nextRv() { return std::to_string(++rv); }
 
@@ -155,6 +165,7 @@ struct FakeKube::Impl {
     const std::string name = pod["metadata"]["name"];
     pods[ns][name] = pod;
     record("pods", ns, type, pod);
+    wakeLog(ns + "/" + name);  // A follower ends when the pod's phase does.
   }
 
   void putJob(const std::string& ns, Json job, const char* type) {
@@ -173,6 +184,7 @@ struct FakeKube::Impl {
     pods[ns].erase(it);
     pod["metadata"]["resourceVersion"] = nextRv();
     record("pods", ns, "DELETED", pod);
+    wakeLog(ns + "/" + name);
   }
 
   void removeJob(const std::string& ns, const std::string& name) {
@@ -309,7 +321,7 @@ struct FakeKube::Impl {
         return;
       }
       logs[ns + "/" + pod_name] += script.log;
-      changed.notify_all();
+      wakeLog(ns + "/" + pod_name);
       if (script.kind != Kind::Hold) {
         after(script.step, [=, this]() { step(ns, pod_name, job_name, script, image, 2); });
       }
@@ -347,7 +359,7 @@ struct FakeKube::Impl {
                                   {"reason", exit_code == 0 ? "Completed" : "Error"},
                                   {"finishedAt", nowIso()}}}});
     putPod(ns, pod, "MODIFIED");
-    changed.notify_all();  // Log followers end with the container.
+    wakeLog(ns + "/" + pod_name);  // Log followers end with the container.
     if (exit_code == 0) {
       auto job = jobs[ns].find(job_name);
       if (job == jobs[ns].end()) {
@@ -455,7 +467,7 @@ struct FakeKube::Impl {
         }
         std::lock_guard lock(mutex);
         logs[ns + "/" + pod_name].append(buffer.data(), static_cast<std::size_t>(n));
-        changed.notify_all();
+        wakeLog(ns + "/" + pod_name);
       }
       close(pipefd[0]);
       int wstatus = 0;
@@ -874,6 +886,11 @@ struct FakeKube::Impl {
     lock.lock();
     std::size_t sent = 0;
     const std::string key = ns + "/" + name;
+    auto& waiter = log_waiters[key];
+    if (!waiter) {
+      waiter = std::make_shared<std::condition_variable>();
+    }
+    const std::shared_ptr<std::condition_variable> woken = waiter;
     for (;;) {
       const std::string& text = logs[key];
       if (text.size() > sent) {
@@ -894,7 +911,9 @@ struct FakeKube::Impl {
       if (!follow || ended || stopping) {
         break;
       }
-      changed.wait_for(lock, std::chrono::milliseconds(200));
+      // Woken by new output, the container's end, the pod's deletion or the server stopping;
+      // the timeout is only a safety net.
+      woken->wait_for(lock, std::chrono::seconds(5));
     }
     lock.unlock();
     writeAll(socket, "0\r\n\r\n", ec);
@@ -1008,6 +1027,9 @@ FakeKube::~FakeKube() {
     std::lock_guard lock(impl_->mutex);
     impl_->stopping = true;
     impl_->changed.notify_all();
+    for (auto& [key, waiter] : impl_->log_waiters) {
+      waiter->notify_all();
+    }
     for (auto& socket : impl_->sockets) {
       boost::system::error_code ignored;
       socket->shutdown(tcp::socket::shutdown_both, ignored);

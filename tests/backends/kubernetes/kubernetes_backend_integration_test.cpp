@@ -263,6 +263,11 @@ TEST_F(KubernetesBackendTest, TwoHundredConcurrentRunsShareOneWatchPerResource) 
   }
   ASSERT_TRUE(runUntil(io, [&] { return finished == kRuns; }));
   EXPECT_EQ(codes, std::set<int>{0});
+  // Runs can end from the lists alone, before the watch that follows a list has reached the
+  // server: wait for both watches, then check that there is one of each.
+  ASSERT_TRUE(runUntil(io, [&] {
+    return cluster.kube.watchRequests("jobs") >= 1 && cluster.kube.watchRequests("pods") >= 1;
+  }));
   EXPECT_EQ(cluster.kube.watchRequests("jobs"), 1);
   EXPECT_EQ(cluster.kube.watchRequests("pods"), 1);
   EXPECT_EQ(backend->watchConnections(), 2);
