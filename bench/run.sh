@@ -46,7 +46,7 @@ else
   step "idle and start-up"
   "$py" bench/idle_startup.py --rounds 2 --out "$out"
   step "dispatch on the real server"
-  "$py" bench/dispatch.py --rounds 2 --out "$out"
+  "$py" bench/dispatch.py --rounds 1 --out "$out"
   step "scale against the fake Prefect API"
   "$py" bench/scale.py --out "$out"
   step "growth with runs in flight"
