@@ -153,7 +153,7 @@ def main() -> None:
     parser.add_argument("--in-flight", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=1,
                         help="rounds of every case; the workers' order alternates by round")
-    parser.add_argument("--lead-seconds", type=float, default=60,
+    parser.add_argument("--lead-seconds", type=float, default=120,
                         help="runs are scheduled this far ahead, so that all exist when due")
     parser.add_argument("--poolworker", default=str(REPO / "build" / "bin" / "poolworker"))
     parser.add_argument("--out", default=str(REPO / "bench" / "results"))
