@@ -65,10 +65,13 @@ def start_worker(kind: str, argv_tail: list[str], env: dict, log: Path, poolwork
                             start_new_session=True)
 
 
-def stop(proc: subprocess.Popen) -> None:
+def stop(proc: subprocess.Popen | None, timeout: float = 30) -> None:
+    """Stops a process group started with start_new_session: SIGTERM, then SIGKILL."""
+    if proc is None or proc.poll() is not None:
+        return
     try:
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+        proc.wait(timeout=timeout)
     except (ProcessLookupError, subprocess.TimeoutExpired):
         try:
             os.killpg(proc.pid, signal.SIGKILL)
