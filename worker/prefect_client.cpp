@@ -15,10 +15,12 @@ namespace {
 
 constexpr const char* kApiVersion = "0.8.4";
 
-// Idle keep-alive connections kept per client. The worker's calls come in bursts (a poll, then
-// a claim, reads and a PATCH per run); a few connections serve them without a handshake each,
-// which matters for Prefect Cloud over TLS far away.
-constexpr std::size_t kIdleConnections = 4;
+// Connections to the API at once, and kept open for reuse. The worker's calls come in bursts
+// (a poll, then a claim, reads and a PATCH per each of hundreds of runs): a bounded set of
+// reused connections serves them without a connection, and for Prefect Cloud a TLS handshake,
+// per request, and does not open hundreds of connections to the server at once.
+constexpr std::size_t kMaxConnections = 16;
+constexpr std::size_t kIdleConnections = kMaxConnections;
 
 const char* methodName(Method m) {
   switch (m) {
@@ -290,6 +292,7 @@ PrefectClient::PrefectClient(asio::io_context& io, ApiSettings settings, std::st
       options.user_agent = user_agent_;
       options.max_buffered_body = 512U * 1024U * 1024U;
       options.max_idle_connections = kIdleConnections;
+      options.max_connections = kMaxConnections;
       http_ = std::make_unique<backends::common::HttpClient>(io_, std::move(endpoint).value(),
                                                              std::move(options));
     }

@@ -6,6 +6,7 @@
 #include <cctype>
 #include <cerrno>
 #include <cstdint>
+#include <deque>
 #include <limits>
 #include <optional>
 #include <unordered_map>
@@ -231,6 +232,10 @@ class HttpClientState : public std::enable_shared_from_this<HttpClientState> {
   HttpEndpoint endpoint;
   HttpClientOptions options;
   bool closed = false;
+  std::size_t connected_calls = 0;  ///< Calls holding one of `max_connections`.
+  /// Calls waiting for a connection slot. Held strongly: nothing else keeps a call alive before
+  /// its first operation (the caller may drop the returned handle).
+  std::deque<std::shared_ptr<CallBase>> waiting_calls;
   std::uint64_t next_id = 1;
   std::unordered_map<std::uint64_t, std::weak_ptr<CallBase>> calls;
   std::vector<IdleConnection> idle;
@@ -323,6 +328,15 @@ class CallBase : public HttpCall, public std::enable_shared_from_this<CallBase> 
     armTimer(head_timer_, request_.head_timeout.count() > 0 ? request_.head_timeout
                                                             : std::chrono::milliseconds(0));
     armTimer(total_timer_, request_.timeout);
+    const std::size_t limit = state_->options.max_connections;
+    if (limit != 0 && state_->connected_calls >= limit) {
+      state_->waiting_calls.push_back(shared_from_this());
+      return;
+    }
+    if (limit != 0) {
+      ++state_->connected_calls;
+      holds_connection_slot_ = true;
+    }
     connect();
   }
 
@@ -565,11 +579,39 @@ class CallBase : public HttpCall, public std::enable_shared_from_this<CallBase> 
     if (!reusable || !keepConnection()) {
       closeStream();
     }
+    if (holds_connection_slot_) {
+      holds_connection_slot_ = false;
+      --state_->connected_calls;
+      startNextWaiting();
+    }
     state_->remove(id_);
     auto on_done = std::move(handlers_.on_done);
     handlers_ = {};
     if (on_done) {
       on_done(std::move(result));
+    }
+  }
+
+  // Hands the freed connection slot to the oldest waiting call still alive, which takes over
+  // the connection just kept idle, if any.
+  void startNextWaiting() {
+    auto& waiting = state_->waiting_calls;
+    while (!waiting.empty()) {
+      auto next = std::move(waiting.front());
+      waiting.pop_front();
+      if (next->done_ || next->aborted_) {
+        continue;
+      }
+      ++state_->connected_calls;
+      next->holds_connection_slot_ = true;
+      // Not from inside this call's completion: the next call's handlers must not run on
+      // this stack.
+      asio::post(state_->io, [next] {
+        if (!next->done_ && !next->aborted_) {
+          next->connect();
+        }
+      });
+      return;
     }
   }
 
@@ -599,6 +641,7 @@ class CallBase : public HttpCall, public std::enable_shared_from_this<CallBase> 
   bool reused_ = false;   // the connection came from the idle pool
   bool resent_ = false;   // the request was sent again after a failed write on a reused one
   bool message_ready_ = false;
+  bool holds_connection_slot_ = false;  // one of the client's max_connections
   std::optional<Error> pending_error_;
   asio::steady_timer head_timer_;
   asio::steady_timer total_timer_;
@@ -657,8 +700,20 @@ class Call final : public CallBase {
                              });
     } else {
       const auto& proxy = endpoint().proxy;
+      const std::string& host = proxy ? proxy->host : endpoint().host;
+      const std::string& port = proxy ? proxy->port : endpoint().port;
+      // An address needs no lookup: the resolver's getaddrinfo reads a handful of files
+      // (nsswitch.conf, hosts, gai.conf) for every new connection.
+      ErrorCode not_numeric;
+      const auto address = asio::ip::make_address(host, not_numeric);
+      if (!not_numeric) {
+        const asio::ip::tcp::endpoint target(address, static_cast<unsigned short>(std::stoi(port)));
+        beast::get_lowest_layer(*stream_).async_connect(
+            target, [self = self()](const ErrorCode& ec) { self->onTcpConnected(ec); });
+        return;
+      }
       resolver_.async_resolve(
-          proxy ? proxy->host : endpoint().host, proxy ? proxy->port : endpoint().port,
+          host, port,
           [self = self()](const ErrorCode& ec, const asio::ip::tcp::resolver::results_type& found) {
             if (self->done_) {
               return;
@@ -669,21 +724,25 @@ class Call final : public CallBase {
             }
             asio::async_connect(beast::get_lowest_layer(*self->stream_), found,
                                 [self](const ErrorCode& connect_ec, const auto&) {
-                                  if (self->done_) {
-                                    return;
-                                  }
-                                  if (connect_ec) {
-                                    self->finish(self->failure(connect_ec, true));
-                                    return;
-                                  }
-                                  if (kTls && self->endpoint().proxy) {
-                                    self->tunnel();
-                                    return;
-                                  }
-                                  self->handshake();
+                                  self->onTcpConnected(connect_ec);
                                 });
           });
     }
+  }
+
+  void onTcpConnected(const ErrorCode& ec) {
+    if (done_) {
+      return;
+    }
+    if (ec) {
+      finish(failure(ec, true));
+      return;
+    }
+    if (kTls && endpoint().proxy) {
+      tunnel();
+      return;
+    }
+    handshake();
   }
 
   void reconnect() override {
@@ -831,6 +890,9 @@ void HttpClientState::cancelAll() {
   for (const auto& call : live) {
     call->cancel();
   }
+  // The cancelled calls end through posted completions, which hold them; the queue's hold
+  // would otherwise keep them, and through them this state, alive.
+  waiting_calls.clear();
   idle.clear();
 }
 

@@ -144,6 +144,10 @@ struct HttpClientOptions {
   /// How many idle keep-alive connections to keep for reuse; 0: every request has its own
   /// connection, closed after the answer (`Connection: close`).
   std::size_t max_idle_connections = 0;
+  /// How many requests may have a connection at once; the others wait, in order, for one of
+  /// them to end (and take over its connection when it is kept). The wait counts towards the
+  /// request's deadlines. 0: no limit (streamed answers, which last, need that).
+  std::size_t max_connections = 0;
   /// An idle connection unused for this long is closed instead of reused. Servers close idle
   /// connections too (uvicorn after 5 s); a connection the server already closed is noticed
   /// and dropped before reuse, but one it closes while our request is on its way is not.

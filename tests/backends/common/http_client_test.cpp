@@ -4,6 +4,7 @@
 
 #include "backends/common/http_client.h"
 
+#include <algorithm>
 #include <atomic>
 #include <functional>
 #include <memory>
@@ -12,6 +13,7 @@
 #include <string>
 #include <thread>
 #include <utility>  // Boost 1.74's Asio uses std::exchange without including it.
+#include <vector>
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -111,12 +113,44 @@ class ScriptedServer {
 
 class HttpClientPoolTest : public ::testing::Test {
  protected:
-  std::unique_ptr<HttpClient> client(const ScriptedServer& server, std::size_t idle) {
+  std::unique_ptr<HttpClient> client(const ScriptedServer& server, std::size_t idle,
+                                     std::size_t max_connections = 0) {
     auto endpoint = parseHttpEndpoint(server.url());
     EXPECT_TRUE(endpoint.ok());
     HttpClientOptions options;
     options.max_idle_connections = idle;
+    options.max_connections = max_connections;
     return std::make_unique<HttpClient>(io_, std::move(endpoint).value(), options);
+  }
+
+  /// Sends GETs at once, with the given deadlines, and runs the loop until all completed.
+  std::vector<Result<HttpResponse>> getAtOnce(
+      HttpClient& http, const std::vector<std::chrono::milliseconds>& timeouts) {
+    std::vector<std::optional<Result<HttpResponse>>> results(timeouts.size());
+    for (std::size_t i = 0; i < timeouts.size(); ++i) {
+      HttpRequest request;
+      request.target = "/";
+      request.timeout = timeouts[i];
+      http.request(std::move(request),
+                   [&results, i](Result<HttpResponse> r) { results[i].emplace(std::move(r)); });
+    }
+    io_.restart();
+    const auto all_done = [&] {
+      return std::all_of(results.begin(), results.end(),
+                         [](const auto& r) { return r.has_value(); });
+    };
+    while (!all_done() && io_.run_one() > 0) {
+    }
+    std::vector<Result<HttpResponse>> out;
+    for (auto& result : results) {
+      if (!result) {
+        ADD_FAILURE() << "a request never completed";
+        out.push_back(makeError(ErrorKind::Internal, "never completed"));
+        continue;
+      }
+      out.push_back(std::move(*result));
+    }
+    return out;
   }
 
   /// Sends one GET and runs the loop until it completes; counts resends.
@@ -186,6 +220,39 @@ TEST_F(HttpClientPoolTest, ARequestTheServerReadIsNeverSentTwice) {
   auto third = get(*http);
   ASSERT_TRUE(third.ok()) << third.error().message;
   EXPECT_EQ(third->body, "answer 3");
+}
+
+TEST_F(HttpClientPoolTest, MaxConnectionsQueuesRequestsOnTheConnectionsInUse) {
+  // The server serves one connection at a time: requests that each opened a connection of their
+  // own would wait behind the first, kept-alive one, until their deadlines.
+  ScriptedServer server([](int) { return Reply::Answer; });
+  auto http = client(server, 1, 1);
+  auto answers =
+      getAtOnce(*http, std::vector<std::chrono::milliseconds>(10, std::chrono::seconds(10)));
+  for (std::size_t i = 0; i < answers.size(); ++i) {
+    ASSERT_TRUE(answers[i].ok()) << answers[i].error().message;
+    EXPECT_EQ(answers[i]->body, "answer " + std::to_string(i + 1)) << "answered in order";
+  }
+  EXPECT_EQ(server.connections(), 1);
+  EXPECT_EQ(server.requests(), 10);
+}
+
+TEST_F(HttpClientPoolTest, TimeWaitingForAConnectionCountsTowardsTheDeadline) {
+  ScriptedServer server([](int n) {
+    if (n == 1) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(600));
+    }
+    return Reply::Answer;
+  });
+  auto http = client(server, 1, 1);
+  auto answers = getAtOnce(
+      *http, {std::chrono::seconds(10), std::chrono::milliseconds(200), std::chrono::seconds(10)});
+  ASSERT_TRUE(answers[0].ok()) << answers[0].error().message;
+  ASSERT_FALSE(answers[1].ok());
+  EXPECT_EQ(answers[1].error().kind, ErrorKind::Transient);
+  ASSERT_TRUE(answers[2].ok()) << answers[2].error().message;
+  EXPECT_EQ(answers[2]->body, "answer 2") << "the request that gave up was never sent";
+  EXPECT_EQ(server.connections(), 1);
 }
 
 }  // namespace
