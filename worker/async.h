@@ -4,11 +4,13 @@
 // io_context.
 
 #include <chrono>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <optional>
 #include <utility>  // Boost 1.74's awaitable.hpp uses std::exchange without including it.
 
+#include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -97,6 +99,95 @@ class Started {
     state->ready.cancel();
   }
 
+  std::shared_ptr<State> state_;
+};
+
+/// @brief A counting semaphore for coroutines of one io_context: at most `slots` holders at a
+/// time; the others wait in arrival order. A slot is released when its `Slot` is destroyed,
+/// also when the coroutine holding it is destroyed with its io_context.
+class AsyncGate {
+ private:
+  struct Waiter {
+    explicit Waiter(const asio::any_io_executor& executor)
+        : wake(executor, asio::steady_timer::time_point::max()) {}
+    asio::steady_timer wake;
+    bool granted = false;
+  };
+  struct State {
+    int free = 0;
+    // Weak: a waiter whose coroutine was destroyed must not be handed a slot.
+    std::deque<std::weak_ptr<Waiter>> waiters;
+
+    void release() {
+      while (!waiters.empty()) {
+        auto waiter = waiters.front().lock();
+        waiters.pop_front();
+        if (waiter) {
+          waiter->granted = true;
+          waiter->wake.cancel();
+          return;
+        }
+      }
+      ++free;
+    }
+  };
+
+ public:
+  /// @brief Holds one slot until destroyed.
+  class Slot {
+   public:
+    Slot() = default;
+    explicit Slot(std::shared_ptr<State> state) : state_(std::move(state)) {}
+    Slot(Slot&& other) noexcept = default;
+    Slot& operator=(Slot&& other) noexcept {
+      if (this != &other) {
+        reset();
+        state_ = std::move(other.state_);
+      }
+      return *this;
+    }
+    Slot(const Slot&) = delete;
+    Slot& operator=(const Slot&) = delete;
+    ~Slot() { reset(); }
+
+    /// @brief Gives the slot back now.
+    void reset() {
+      if (auto state = std::exchange(state_, nullptr)) {
+        state->release();
+      }
+    }
+
+   private:
+    std::shared_ptr<State> state_;
+  };
+
+  /// @param slots how many holders at once; at least 1.
+  explicit AsyncGate(int slots) : state_(std::make_shared<State>()) {
+    state_->free = slots < 1 ? 1 : slots;
+  }
+
+  /// @brief Waits for a free slot.
+  asio::awaitable<Slot> acquire() {
+    if (state_->free > 0 && state_->waiters.empty()) {
+      --state_->free;
+      co_return Slot(state_);
+    }
+    auto waiter = std::make_shared<Waiter>(co_await asio::this_coro::executor);
+    state_->waiters.push_back(waiter);
+    while (!waiter->granted) {
+      boost::system::error_code ignored;
+      co_await waiter->wake.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
+    }
+    co_return Slot(state_);
+  }
+
+  /// @brief True when no slot is free: `acquire` would wait.
+  bool full() const { return state_->free == 0; }
+
+  /// @brief How many coroutines wait for a slot.
+  size_t waiting() const { return state_->waiters.size(); }
+
+ private:
   std::shared_ptr<State> state_;
 };
 

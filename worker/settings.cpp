@@ -372,6 +372,11 @@ const std::vector<Spec>& specs() {
                  false,
                  Kind::Number,
                  num(&Settings::kill_grace_seconds)});
+    s.push_back({"worker.max_starting",
+                 {"POOLWORKER_MAX_STARTING"},
+                 false,
+                 Kind::Integer,
+                 [](Settings& st, const Json& v) { st.max_starting = v.get<int>(); }});
     s.push_back({"worker.drain_seconds",
                  {"POOLWORKER_DRAIN_SECONDS"},
                  false,
@@ -842,6 +847,11 @@ Result<Settings> resolveSettings(const StartFlags& flags, const Environment& env
   if (settings.limit && *settings.limit < 1) {
     return makeError(ErrorKind::InvalidConfiguration,
                      "--limit must be at least 1, got " + std::to_string(*settings.limit));
+  }
+  if (settings.max_starting < 1) {
+    return makeError(ErrorKind::InvalidConfiguration,
+                     "worker.max_starting (POOLWORKER_MAX_STARTING) must be at least 1, got " +
+                         std::to_string(settings.max_starting));
   }
   auto positive = [](double v) { return v > 0; };
   if (!positive(settings.query_seconds)) {

@@ -18,9 +18,9 @@ namespace poolworker {
 
 /// @brief Settings of the connection to the Prefect API.
 struct ApiSettings {
-  std::string url;                    ///< PREFECT_API_URL, without a trailing slash.
-  Secret key;                         ///< PREFECT_API_KEY (Prefect Cloud, Bearer).
-  Secret auth_string;                 ///< PREFECT_API_AUTH_STRING (self-hosted, Basic).
+  std::string url;     ///< PREFECT_API_URL, without a trailing slash.
+  Secret key;          ///< PREFECT_API_KEY (Prefect Cloud, Bearer).
+  Secret auth_string;  ///< PREFECT_API_AUTH_STRING (self-hosted, Basic).
   double request_timeout_seconds = 60;
   int max_retries = 5;
   double retry_jitter_factor = 0.2;
@@ -31,7 +31,7 @@ struct ApiSettings {
   Json custom_headers = Json::object();
   std::string cloud_api_url = "https://api.prefect.cloud/api";
   bool tls_insecure_skip_verify = false;
-  std::string ssl_cert_file;          ///< CA bundle; empty = the system's.
+  std::string ssl_cert_file;  ///< CA bundle; empty = the system's.
 
   /// @brief True when `url` points at Prefect Cloud.
   bool isCloud() const;
@@ -42,29 +42,31 @@ struct Settings {
   // What `prefect worker start` takes as flags.
   std::string pool;
   std::vector<std::string> work_queues;
-  std::string name;                  ///< Worker name; generated when empty.
-  std::optional<int> limit;          ///< --limit; empty = unlimited.
+  std::string name;          ///< Worker name; generated when empty.
+  std::optional<int> limit;  ///< --limit; empty = unlimited.
   double prefetch_seconds = 10;
   bool run_once = false;
-  std::string type;                  ///< Worker type; empty = the pool's type.
+  std::string type;  ///< Worker type; empty = the pool's type.
   std::string base_job_template_path;
   bool with_healthcheck = false;
   bool create_pool_if_not_found = true;
 
   ApiSettings api;
 
-  double query_seconds = 10;         ///< PREFECT_WORKER_QUERY_SECONDS.
-  double heartbeat_seconds = 30;     ///< PREFECT_WORKER_HEARTBEAT_SECONDS.
+  double query_seconds = 10;      ///< PREFECT_WORKER_QUERY_SECONDS.
+  double heartbeat_seconds = 30;  ///< PREFECT_WORKER_HEARTBEAT_SECONDS.
   std::string webserver_host = "0.0.0.0";
   int webserver_port = 8080;
 
   // poolworker's own.
-  std::string state_dir;             ///< Run journal; see defaultStateDirectory().
+  std::string state_dir;  ///< Run journal; see defaultStateDirectory().
   double cancellation_poll_seconds = 10;
   double kill_grace_seconds = 30;
-  double drain_seconds = 0;          ///< On SIGTERM, how long running flows may go on; 0 = leave them to the next worker at once.
+  int max_starting = 32;     ///< Claimed runs being prepared and started at once.
+  double drain_seconds = 0;  ///< On SIGTERM, how long running flows may go on; 0 = leave them to
+                             ///< the next worker at once.
   std::string log_level = "info";
-  std::string log_format = "text";   ///< "text" or "json".
+  std::string log_format = "text";        ///< "text" or "json".
   Json backend_options = Json::object();  ///< backends.<name>.<option>
   std::vector<std::string> plugin_dirs;
 

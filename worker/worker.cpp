@@ -144,7 +144,8 @@ Worker::Worker(asio::io_context& io, Settings settings, prefect::PrefectClient& 
       client_(client),
       registry_(registry),
       metrics_(metrics),
-      executor_(io) {
+      executor_(io),
+      starting_(settings_.max_starting) {
   using T = Metrics::Type;
   metrics_.describe("runs_claimed_total", T::Counter, "Flow runs this worker claimed.");
   metrics_.describe("runs_started_total", T::Counter, "Flow runs whose infrastructure started.");
@@ -165,6 +166,10 @@ Worker::Worker(asio::io_context& io, Settings settings, prefect::PrefectClient& 
                          [this] { return static_cast<double>(runs_.size()); });
   metrics_.gaugeFunction("limit_slots", "The --limit of this worker (0 when unlimited).",
                          [this] { return static_cast<double>(settings_.limit.value_or(0)); });
+  metrics_.gaugeFunction(
+      "runs_waiting_to_start",
+      "Claimed flow runs waiting for one of the worker.max_starting slots to be started.",
+      [this] { return static_cast<double>(starting_.waiting()); });
   metrics_.gaugeFunction("poll_age_seconds", "Seconds since the last successful poll.",
                          [this] { return secondsSinceLastPoll(); });
   metrics_.gaugeFunction("heartbeat_age_seconds", "Seconds since the last successful heartbeat.",
@@ -790,6 +795,16 @@ asio::awaitable<Result<prefect::OrchestrationResult>> Worker::propose(const std:
 constexpr auto kFreshPollAnswer = std::chrono::seconds(1);
 
 asio::awaitable<void> Worker::submitRun(std::shared_ptr<RunState> run) {
+  // Each step in a frame of its own: what the claim and the start read is freed before the
+  // supervision, which lasts as long as the run.
+  auto claim = claimRun(run);
+  const bool claimed = co_await std::move(claim);
+  if (claimed) {
+    co_await continueClaimedRun(std::move(run));
+  }
+}
+
+asio::awaitable<bool> Worker::claimRun(std::shared_ptr<RunState> run) {
   const std::string deployment_id = str(run->flow_run, "deployment_id");
   if (!deployment_id.empty()) {
     auto read = co_await cachedDeployment(deployment_id);
@@ -806,7 +821,7 @@ asio::awaitable<void> Worker::submitRun(std::shared_ptr<RunState> run) {
                   run->id);
         releaseRun(run, nullptr);
       }
-      co_return;
+      co_return false;
     }
   }
 
@@ -820,7 +835,7 @@ asio::awaitable<void> Worker::submitRun(std::shared_ptr<RunState> run) {
       log_.debug("not claiming flow run '" + run->id + "': it is no longer SCHEDULED", run->id);
       metrics_.inc("claims_lost_total", {{"reason", "stale"}});
       releaseRun(run, nullptr);
-      co_return;
+      co_return false;
     }
   }
 
@@ -838,7 +853,7 @@ asio::awaitable<void> Worker::submitRun(std::shared_ptr<RunState> run) {
     if (!ours) {
       log_.warn("could not claim the run: " + claim.error().message, run->id);
       releaseRun(run, nullptr);
-      co_return;
+      co_return false;
     }
   } else if (claim->status == "ABORT") {
     log_.debug("Aborted submission of flow run '" + run->id +
@@ -846,7 +861,7 @@ asio::awaitable<void> Worker::submitRun(std::shared_ptr<RunState> run) {
                run->id);
     metrics_.inc("claims_lost_total", {{"reason", "abort"}});
     releaseRun(run, nullptr);
-    co_return;
+    co_return false;
   } else if (claim->status != "ACCEPT" || claim->stateType() != "PENDING") {
     bool ours =
         claim->stateType() == "PENDING" && transitionIdOf(claim->state) == run->transition_id;
@@ -858,15 +873,14 @@ asio::awaitable<void> Worker::submitRun(std::shared_ptr<RunState> run) {
                 run->id);
       metrics_.inc("claims_lost_total", {{"reason", "reject"}});
       releaseRun(run, nullptr);
-      co_return;
+      co_return false;
     }
   }
   run->claimed = true;
   journal(run, RunPhase::Claimed);
   metrics_.inc("runs_claimed_total");
   run->log->log(LogLevel::Info, "Worker '" + name_ + "' submitting flow run '" + run->id + "'");
-  auto result = co_await continueClaimedRun(run);
-  (void)result;
+  co_return true;
 }
 
 asio::awaitable<std::optional<Json>> Worker::finishedBeforeOurClaim(std::shared_ptr<RunState> run) {
@@ -900,7 +914,27 @@ asio::awaitable<std::optional<Json>> Worker::finishedBeforeOurClaim(std::shared_
   co_return std::nullopt;
 }
 
-asio::awaitable<Result<void>> Worker::continueClaimedRun(std::shared_ptr<RunState> run) {
+asio::awaitable<void> Worker::continueClaimedRun(std::shared_ptr<RunState> run) {
+  auto start = startClaimedRun(run);
+  const bool started = co_await std::move(start);
+  if (started) {
+    co_await superviseRun(std::move(run));
+  }
+}
+
+asio::awaitable<bool> Worker::startClaimedRun(std::shared_ptr<RunState> run) {
+  // A burst of claimed runs is prepared and started a few at a time: all at once, their
+  // answers, templates and requests would peak the heap at many times what the started runs
+  // keep, and the backend's API would take the whole burst at once.
+  const bool queued = starting_.full();
+  auto slot = co_await starting_.acquire();
+  if (queued && stopping_) {
+    auto reschedule = prefect::makeState(
+        "SCHEDULED", "Scheduled", "Released by a stopping worker before it started.", run->id);
+    co_await propose(run->id, reschedule, true);
+    releaseRun(run, nullptr);
+    co_return false;
+  }
   const std::string deployment_id = str(run->flow_run, "deployment_id");
   Json deployment;
   if (!deployment_id.empty()) {
@@ -911,14 +945,14 @@ asio::awaitable<Result<void>> Worker::continueClaimedRun(std::shared_ptr<RunStat
       co_await markCancelled(run,
                              "Deployment " + deployment_id + " no longer exists, cancelled run.");
       releaseRun(run, "cancelled");
-      co_return success();
+      co_return false;
     } else {
       std::string message = "Failed to submit flow run to infrastructure: deployment " +
                             deployment_id + " could not be read: " + read.error().message;
       run->log->log(LogLevel::Error, message);
       co_await proposeCrashed(run, message);
       releaseRun(run, "crashed");
-      co_return makeError(read.error().kind, message);
+      co_return false;
     }
   }
   Json flow;
@@ -949,7 +983,7 @@ asio::awaitable<Result<void>> Worker::continueClaimedRun(std::shared_ptr<RunStat
                                        "' to infrastructure: " + prepared.error().message);
     co_await proposeCrashed(run, message);
     releaseRun(run, "crashed");
-    co_return makeError(prepared.error().kind, message);
+    co_return false;
   }
 
   Json labels = {{"prefect.worker.name", name_}, {"prefect.worker.type", type_}};
@@ -985,7 +1019,7 @@ asio::awaitable<Result<void>> Worker::continueClaimedRun(std::shared_ptr<RunStat
                 run->id);
       metrics_.inc("claims_lost_total", {{"reason", "race"}});
       releaseRun(run, nullptr);
-      co_return success();
+      co_return false;
     } else if (auto ended = co_await finishedBeforeOurClaim(run); ended) {
       // The server accepts PENDING from a finished run without a persisted result, so a claim
       // that reached it after another worker had already run the flow to its end was accepted.
@@ -1000,7 +1034,7 @@ asio::awaitable<Result<void>> Worker::continueClaimedRun(std::shared_ptr<RunStat
       co_await propose(run->id, restore, true);
       metrics_.inc("claims_lost_total", {{"reason", "finished"}});
       releaseRun(run, nullptr);
-      co_return success();
+      co_return false;
     }
   }
 
@@ -1022,7 +1056,7 @@ asio::awaitable<Result<void>> Worker::continueClaimedRun(std::shared_ptr<RunStat
       run->log->log(LogLevel::Warning,
                     "Not starting flow run '" + run->name + "': it is now in state " + type);
       releaseRun(run, nullptr);
-      co_return success();
+      co_return false;
     }
   }
   if (run->cancel_requested) {
@@ -1030,14 +1064,14 @@ asio::awaitable<Result<void>> Worker::continueClaimedRun(std::shared_ptr<RunStat
                   "Flow run '" + run->name + "' was cancelled before it started; not starting it.");
     co_await markCancelled(run, "Flow run was cancelled before it started.");
     releaseRun(run, "cancelled");
-    co_return success();
+    co_return false;
   }
   if (stopping_ && stop_mode_ == StopMode::Cancel) {
     auto reschedule = prefect::makeState(
         "SCHEDULED", "Scheduled", "Released by a stopping worker before it started.", run->id);
     co_await propose(run->id, reschedule, true);
     releaseRun(run, nullptr);
-    co_return success();
+    co_return false;
   }
 
   {
@@ -1052,7 +1086,7 @@ asio::awaitable<Result<void>> Worker::continueClaimedRun(std::shared_ptr<RunStat
       co_await proposeCrashed(
           run, "Failed to submit flow run to infrastructure: " + handle.error().message);
       releaseRun(run, "crashed");
-      co_return makeError(handle.error().kind, handle.error().message);
+      co_return false;
     }
     run->handle = std::move(handle).value();
   }
@@ -1073,14 +1107,14 @@ asio::awaitable<Result<void>> Worker::continueClaimedRun(std::shared_ptr<RunStat
                       run->id + "': " + pid.error().message +
                       ". The flow run will not be cancellable.");
   }
+  slot.reset();
   run->log->log(LogLevel::Info, "Flow run '" + run->name + "' submitted to infrastructure (" +
                                     run->handle->infrastructure_pid + ")");
   emitEvent("prefect.worker.submitted-flow-run", run);
   if (run->cancel_requested && !run->killing) {
     asio::co_spawn(io_, cancelRun(run), asio::detached);
   }
-  co_await superviseRun(run);
-  co_return success();
+  co_return true;
 }
 
 asio::awaitable<void> Worker::superviseRun(std::shared_ptr<RunState> run) {

@@ -139,7 +139,12 @@ class Worker {
   asio::awaitable<void> recoverRuns();
   asio::awaitable<void> settleJournalEntry(JournalEntry entry);
   asio::awaitable<void> shutdown();
-  asio::awaitable<Result<void>> continueClaimedRun(std::shared_ptr<RunState> run);
+  // The claim (PENDING); true when the run is this worker's to start.
+  asio::awaitable<bool> claimRun(std::shared_ptr<RunState> run);
+  // Starts a claimed run and supervises it to its end.
+  asio::awaitable<void> continueClaimedRun(std::shared_ptr<RunState> run);
+  // Prepares and starts a claimed run, holding a `starting_` slot; true when it was started.
+  asio::awaitable<bool> startClaimedRun(std::shared_ptr<RunState> run);
   // The state the run had ended in just before this worker's accepted claim (COMPLETED, FAILED
   // or CRASHED), read from its state history; nullopt when the claim followed a live state.
   asio::awaitable<std::optional<Json>> finishedBeforeOurClaim(std::shared_ptr<RunState> run);
@@ -189,6 +194,7 @@ class Worker {
   std::optional<std::chrono::steady_clock::time_point> last_heartbeat_;
   std::unordered_map<std::string, std::shared_ptr<RunState>> runs_;
   int slots_in_use_ = 0;
+  AsyncGate starting_{1};  ///< Claimed runs being prepared and started (worker.max_starting).
   std::string started_event_id_;
   std::unique_ptr<asio::steady_timer> stop_timer_;    ///< Cancelled to wake run() on stop.
   std::unique_ptr<asio::steady_timer> runs_changed_;  ///< Cancelled whenever a run is released.

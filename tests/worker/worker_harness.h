@@ -28,6 +28,7 @@ struct HarnessOptions {
   std::string pool = "pool";
   std::string name;
   std::optional<int> limit;
+  int max_starting = 32;
   bool run_once = false;
   double query_seconds = 0.1;
   double heartbeat_seconds = 0.5;
@@ -65,6 +66,7 @@ class WorkerHarness {
     s.pool = options_.pool;
     s.name = options_.name;
     s.limit = options_.limit;
+    s.max_starting = options_.max_starting;
     s.run_once = options_.run_once;
     s.type = options_.type;
     s.query_seconds = options_.query_seconds;

@@ -312,6 +312,39 @@ TEST_F(WorkerIntegration, LimitCapsRunsInFlight) {
   EXPECT_EQ(most, 2);
 }
 
+TEST_F(WorkerIntegration, MaxStartingBoundsTheRunsBeingStartedAtOnce) {
+  std::string dep = deployment("complete");
+  std::vector<std::string> runs;
+  for (int i = 0; i < 8; ++i) {
+    runs.push_back(api_.createFlowRun(dep));
+  }
+  WorkerHarness worker(api_, {.max_starting = 2});
+  for (const auto& run : runs) {
+    ASSERT_TRUE(waitFinal(run));
+    EXPECT_EQ(stateTypeOf(api_.flowRun(run)), "COMPLETED");
+  }
+  // In the order the server received them: a run is being started from its Submitting proposal
+  // until its infrastructure_pid is set.
+  int starting = 0;
+  int most = 0;
+  int submitted = 0;
+  for (const auto& request : api_.requests()) {
+    const Json body = request.json();
+    if (request.method == "POST" && request.path.ends_with("/set_state") &&
+        body.value("state", Json::object()).value("name", "") == "Submitting") {
+      ++starting;
+      ++submitted;
+    } else if (request.method == "PATCH" && body.is_object() &&
+               body.contains("infrastructure_pid")) {
+      --starting;
+    }
+    most = std::max(most, starting);
+  }
+  EXPECT_EQ(submitted, 8);
+  EXPECT_GE(most, 1);
+  EXPECT_LE(most, 2);
+}
+
 TEST_F(WorkerIntegration, RunOnceExitsAfterItsRunsFinish) {
   std::string dep = deployment("sleep:1");
   std::vector<std::string> runs = {api_.createFlowRun(dep), api_.createFlowRun(dep)};
