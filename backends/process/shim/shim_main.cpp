@@ -33,6 +33,7 @@
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -230,6 +231,22 @@ bool writeStatus(const std::string& path, int exit_code) {
   return true;
 }
 
+// Reaps the shim's ended children; true while any child is still alive. The shim is the
+// subreaper of everything the flow started, so no child left means nothing of the flow is left.
+bool descendantsAlive() {
+  for (;;) {
+    int status = 0;
+    const pid_t reaped = waitpid(-1, &status, WNOHANG);
+    if (reaped > 0) {
+      continue;
+    }
+    if (reaped < 0 && errno == EINTR) {
+      continue;
+    }
+    return reaped == 0;
+  }
+}
+
 // Sends SIGKILL to every other process of our process group. A group signal would kill the
 // shim too, so members are found in /proc. Returns true when any was found.
 bool killGroupMembers(pid_t group, pid_t self) {
@@ -313,6 +330,11 @@ int main(int argc, char** argv) {
   if (getpgrp() != getpid()) {
     setsid();
   }
+
+  // Orphans of the flow (a daemon it forked, a shell's background job) are re-parented to the
+  // shim instead of init, so that at the end the shim knows without reading /proc whether any
+  // process of the flow is left.
+  prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
 
   // Signals to the group are meant for the flow: the shim must stay to record its end.
   for (const int signo : {SIGPIPE, SIGTERM, SIGINT, SIGHUP}) {
@@ -413,8 +435,17 @@ int main(int argc, char** argv) {
       while (read(child_exit[0], sink, sizeof(sink)) > 0) {
       }
     }
-    const pid_t reaped = waitpid(child, &status, WNOHANG);
-    if (reaped == child || (reaped < 0 && errno == ECHILD)) {
+    // Orphans re-parented to the shim are reaped here too, so that they do not pile up as
+    // zombies during a long flow.
+    pid_t reaped = 0;
+    int reaped_status = 0;
+    while ((reaped = waitpid(-1, &reaped_status, WNOHANG)) > 0) {
+      if (reaped == child) {
+        status = reaped_status;
+        running = false;
+      }
+    }
+    if (reaped < 0 && errno == ECHILD) {
       running = false;
     }
   }
@@ -435,9 +466,12 @@ int main(int argc, char** argv) {
   // Nothing the flow started may outlive it in its group.
   const pid_t self = getpid();
   const pid_t group = getpgrp();
-  for (int round = 0; group == self && round < 10 && killGroupMembers(group, self); ++round) {
+  for (int round = 0;
+       group == self && round < 10 && descendantsAlive() && killGroupMembers(group, self);
+       ++round) {
     sched_yield();
   }
+  descendantsAlive();
   for (auto& forward : forwards) {
     drain(forward, buffer);
   }
