@@ -80,20 +80,48 @@ def stop(proc: subprocess.Popen | None, timeout: float = 30) -> None:
         proc.wait()
 
 
-def create_runs(env: dict, pool: str, count: int, delay: float, command: str) -> dict:
+class Lead:
+    """How far ahead runs are scheduled, so that all exist before they are due. It starts at
+    --lead-seconds and follows how long the server took to create the last batch: after a busy
+    round the SQLite server can need minutes for 200 runs, when idle seconds."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def learn(self, took: float) -> None:
+        self.seconds = max(30.0, 2 * took + 10)
+
+
+def create_runs(env: dict, pool: str, count: int, lead: Lead, command: str) -> dict | None:
+    """Creates the runs; None when creating them took longer than the lead (the caller retries
+    in a fresh pool with the longer lead this learnt)."""
+    asked = time.time()
     out = subprocess.run([str(VENV_BIN / "python"), "-c", CREATE_RUNS, pool, str(count),
-                          str(delay), command], env=env, check=True, capture_output=True, text=True)
+                          str(lead.seconds), command], env=env, check=True, capture_output=True,
+                         text=True)
     created = json.loads(out.stdout.strip().splitlines()[-1])
+    lead.learn(created["created_by"] - asked)
     # A run created after its scheduled time would make the worker look slow for the server's
     # sake: the figures are only valid when every run existed before it was due.
     if created["created_by"] > created["scheduled"]:
-        raise SystemExit(f"creating {count} runs took longer than the {delay:.0f} s lead; "
-                         "raise --lead-seconds")
+        print(f"creating {count} runs took {created['created_by'] - asked:.0f} s, longer than "
+              f"the lead; again with a lead of {lead.seconds:.0f} s", flush=True)
+        return None
     return created
 
 
 def dispatch_round(kind: str, limit: int | None, env: dict, work: Path, poolworker: str,
-                   count: int, tag: str, lead: float) -> dict:
+                   count: int, tag: str, lead: Lead) -> dict:
+    for attempt in range(3):
+        figures = dispatch_attempt(kind, limit, env, work, poolworker, count,
+                                   f"{tag}-{attempt}", lead)
+        if figures is not None:
+            return figures
+    raise SystemExit(f"could not create {count} runs ahead of their scheduled time")
+
+
+def dispatch_attempt(kind: str, limit: int | None, env: dict, work: Path, poolworker: str,
+                     count: int, tag: str, lead: Lead) -> dict | None:
     pool = f"dispatch-{kind}-{tag}"
     marks = work / f"{pool}.marks"
     subprocess.run([str(VENV_BIN / "prefect"), "work-pool", "create", pool, "--type", "process"],
@@ -105,6 +133,8 @@ def dispatch_round(kind: str, limit: int | None, env: dict, work: Path, poolwork
     proc = start_worker(kind, tail, env, work / f"{pool}.log", poolworker, work / f"state-{pool}")
     try:
         created = create_runs(env, pool, count, lead, command)
+        if created is None:
+            return None
         deadline = time.time() + 600
         starts: dict[str, float] = {}
         while time.time() < deadline:
@@ -126,15 +156,16 @@ def dispatch_round(kind: str, limit: int | None, env: dict, work: Path, poolwork
                                                         if marks.exists() else [])) - len(starts)}
 
 
-def in_flight_round(kind: str, env: dict, work: Path, poolworker: str, count: int,
-                    lead: float) -> dict:
+def in_flight_round(kind: str, env: dict, work: Path, poolworker: str, count: int) -> dict:
     pool = f"inflight-{kind}-{int(time.time())}"
     subprocess.run([str(VENV_BIN / "prefect"), "work-pool", "create", pool, "--type", "process"],
                    env=env, check=True, stdout=subprocess.DEVNULL)
     proc = start_worker(kind, ["--pool", pool, "--prefetch-seconds", "0"], env,
                         work / f"{pool}.log", poolworker, work / f"state-{pool}")
     try:
-        create_runs(env, pool, count, lead, "sleep 120")
+        # Only the memory with the runs in flight counts here, not when they started: due now.
+        subprocess.run([str(VENV_BIN / "python"), "-c", CREATE_RUNS, pool, str(count),
+                        "0", "sleep 120"], env=env, check=True, capture_output=True)
         deadline = time.time() + 600
         while time.time() < deadline:
             running = subprocess.run(["pgrep", "-c", "-f", "^sleep 120$"], capture_output=True,
@@ -157,7 +188,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1,
                         help="rounds of every case; the workers' order alternates by round")
     parser.add_argument("--lead-seconds", type=float, default=120,
-                        help="runs are scheduled this far ahead, so that all exist when due")
+                        help="runs are first scheduled this far ahead, so that all exist when "
+                             "due; later rounds use twice what creating the last batch took")
     parser.add_argument("--poolworker", default=str(REPO / "build" / "bin" / "poolworker"))
     parser.add_argument("--out", default=str(REPO / "bench" / "results"))
     args = parser.parse_args()
@@ -169,6 +201,8 @@ def main() -> None:
     kinds = ("poolworker", "prefect")
     cases = ("limit_none", "limit_10", "in_flight")
     raw: dict = {kind: {case: [] for case in cases} for kind in kinds}
+    lead = Lead(args.lead_seconds)
+    complete = False
     try:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
         env.update(PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
@@ -180,17 +214,22 @@ def main() -> None:
                 key = f"limit_{limit or 'none'}"
                 for kind in order:
                     figures = dispatch_round(kind, limit, env, work, args.poolworker, args.runs,
-                                             f"{key}-{r}", args.lead_seconds)
+                                             f"{key}-{r}", lead)
                     raw[kind][key].append(figures)
                     print(f"round {r + 1} {kind} {key}: {figures}", flush=True)
             for kind in order:
-                figures = in_flight_round(kind, env, work, args.poolworker, args.in_flight,
-                                          args.lead_seconds)
+                figures = in_flight_round(kind, env, work, args.poolworker, args.in_flight)
                 raw[kind]["in_flight"].append(figures)
                 print(f"round {r + 1} {kind} in flight: {figures}", flush=True)
+        complete = True
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+        if not complete:
+            # What was measured before the failure stays, for a look, beside the last complete
+            # results (which stay in dispatch.md and dispatch.json).
+            (out / "dispatch.partial.json").write_text(json.dumps(
+                {"date": dt.datetime.now(dt.timezone.utc).isoformat(), "raw": raw}, indent=2))
 
     def med(kind: str, case: str, field: str) -> float:
         return statistics.median(x[field] for x in raw[kind][case])
