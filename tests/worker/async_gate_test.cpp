@@ -85,7 +85,9 @@ TEST(AsyncGate, AWaiterDestroyedWithItsContextTakesNoSlot) {
           ADD_FAILURE() << "the second coroutine must still be waiting";
         },
         asio::detached);
-    io.run_for(std::chrono::milliseconds(20));
+    for (int step = 0; step < 1000 && gate.waiting() == 0; ++step) {
+      io.run_one_for(std::chrono::milliseconds(10));
+    }
     EXPECT_TRUE(gate.full());
     EXPECT_EQ(gate.waiting(), 1u);
   }  // Both coroutines are destroyed here, without running on.
