@@ -6,8 +6,10 @@
 #include <cctype>
 #include <cerrno>
 #include <cstdint>
+#include <cstring>
 #include <deque>
 #include <limits>
+#include <memory>
 #include <optional>
 #include <unordered_map>
 #include <utility>  // Boost 1.74's Asio uses std::exchange without including it.
@@ -36,8 +38,27 @@ namespace {
 // Body bytes are copied from the parser into a chunk of this size. A buffered answer (a list
 // of a thousand Jobs) is read in large pieces; a streamed one lives as long as its container,
 // and a worker follows thousands of them at once, so its chunk is small and made on first use.
-constexpr std::size_t kBufferedReadChunk = 16 * 1024;
-constexpr std::size_t kStreamedReadChunk = 4 * 1024;
+constexpr std::size_t kBufferedReadChunk = std::size_t{16} * 1024;
+constexpr std::size_t kStreamedReadChunk = std::size_t{4} * 1024;
+
+// A streamed body over a plain socket (the Docker engine's, a cluster's API without TLS) holds
+// no buffer while it waits: it waits for the socket to be readable, then reads, parses and
+// hands on the bytes at once through these buffers, shared by every call of the thread.
+constexpr std::size_t kSharedStreamInput = std::size_t{16} * 1024;
+constexpr std::size_t kSharedStreamOutput = std::size_t{16} * 1024;
+
+struct SharedStreamBuffers {
+  std::array<char, kSharedStreamInput> input;
+  std::array<char, kSharedStreamOutput> output;
+  // A handler that somehow fed another stream from inside its own `on_data` must not overwrite
+  // the bytes it is still being handed: the nested feed uses a buffer of its own.
+  bool in_use = false;
+};
+
+SharedStreamBuffers& sharedStreamBuffers() {
+  static thread_local SharedStreamBuffers buffers;
+  return buffers;
+}
 
 bool iequals(std::string_view a, std::string_view b) {
   return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
@@ -260,14 +281,14 @@ Result<std::shared_ptr<asio::ssl::context>> HttpClientState::tlsContext() {
                            asio::ssl::context::no_sslv3 | asio::ssl::context::no_tlsv1 |
                            asio::ssl::context::no_tlsv1_1,
                        ec);
-  const auto failPem = [&](const std::string& what, const ErrorCode& error) {
+  const auto fail_pem = [&](const std::string& what, const ErrorCode& error) {
     return makeError(ErrorKind::InvalidConfiguration,
                      "TLS for " + endpoint.url + ": cannot load " + what + ": " + error.message());
   };
   if (settings.verify) {
     if (!settings.ca_pem.empty()) {
       if (context->add_certificate_authority(asio::buffer(settings.ca_pem), ec); ec) {
-        return failPem("the inline CA certificate", ec);
+        return fail_pem("the inline CA certificate", ec);
       }
     } else if (!settings.ca_file.empty()) {
       if (context->load_verify_file(settings.ca_file, ec); ec) {
@@ -282,14 +303,14 @@ Result<std::shared_ptr<asio::ssl::context>> HttpClientState::tlsContext() {
   }
   if (!settings.cert_pem.empty()) {
     if (context->use_certificate_chain(asio::buffer(settings.cert_pem), ec); ec) {
-      return failPem("the inline client certificate", ec);
+      return fail_pem("the inline client certificate", ec);
     }
     if (settings.key_pem.empty()) {
       return makeError(ErrorKind::InvalidConfiguration,
                        "TLS for " + endpoint.url + ": a client certificate without its key");
     }
     if (context->use_private_key(asio::buffer(settings.key_pem), asio::ssl::context::pem, ec); ec) {
-      return failPem("the inline client key", ec);
+      return fail_pem("the inline client key", ec);
     }
   } else if (!settings.cert_file.empty()) {
     if (context->use_certificate_chain_file(settings.cert_file, ec); ec) {
@@ -517,6 +538,10 @@ class CallBase : public HttpCall, public std::enable_shared_from_this<CallBase> 
       finish(head_);
       return;
     }
+    if (streaming_ && waits_unbuffered_) {
+      readBody();
+      return;
+    }
     if (!chunk_) {
       // A thousand runs start at once: a chunk as large as the answer, not 64 KiB for each, keeps
       // the burst's peak (which the heap keeps as resident memory afterwards) down.
@@ -565,6 +590,38 @@ class CallBase : public HttpCall, public std::enable_shared_from_this<CallBase> 
       return;
     }
     continueBody();
+  }
+
+  /// Parses the bytes `input` (after those left over from the last read, kept in `buffer_`)
+  /// and hands the body on; keeps what the parser could not take yet. False when the call
+  /// finished.
+  bool feedStreamed(std::string_view input) {
+    auto& shared = sharedStreamBuffers();
+    std::unique_ptr<char[]> own;
+    char* out = shared.output.data();
+    if (shared.in_use) {
+      own = std::make_unique_for_overwrite<char[]>(kSharedStreamOutput);
+      out = own.get();
+    }
+    const bool outer = !shared.in_use;
+    shared.in_use = true;
+    const bool alive = parseStreamed(input, out);
+    if (outer) {
+      shared.in_use = false;
+    }
+    return alive;
+  }
+
+  /// The end of a plain socket's stream: a body delimited by the connection's close ends
+  /// here; any other is cut short.
+  void endStreamed(const ErrorCode& read_error) {
+    ErrorCode ec;
+    parser_.put_eof(ec);
+    if (!ec && parser_.is_done()) {
+      finish(head_);
+      return;
+    }
+    finish(failure(ec ? ec : read_error, false));
   }
 
   void finish(Result<HttpResponse> result) {
@@ -642,6 +699,7 @@ class CallBase : public HttpCall, public std::enable_shared_from_this<CallBase> 
   bool resent_ = false;   // the request was sent again after a failed write on a reused one
   bool message_ready_ = false;
   bool holds_connection_slot_ = false;  // one of the client's max_connections
+  bool waits_unbuffered_ = false;       // a streamed body is read as in `Call::startStreamed`
   std::optional<Error> pending_error_;
   asio::steady_timer head_timer_;
   asio::steady_timer total_timer_;
@@ -651,6 +709,62 @@ class CallBase : public HttpCall, public std::enable_shared_from_this<CallBase> 
   std::unique_ptr<char[]> chunk_;
   std::size_t chunk_size_ = 0;
   HttpResponse head_;
+
+ private:
+  bool parseStreamed(std::string_view input, char* out) {
+    // Leftover bytes (a chunk header cut by the read) are few: joining them with the new ones
+    // keeps the parser's input in one piece.
+    std::string joined;
+    if (buffer_.size() > 0) {
+      const auto left = buffer_.data();
+      joined.assign(static_cast<const char*>(left.data()), left.size());
+      joined.append(input);
+      buffer_.consume(buffer_.size());
+      input = joined;
+    }
+    while (!parser_.is_done()) {
+      auto& body = parser_.get().body();
+      body.data = out;
+      body.size = kSharedStreamOutput;
+      ErrorCode ec;
+      const std::size_t used = parser_.put(asio::buffer(input.data(), input.size()), ec);
+      input.remove_prefix(used);
+      const std::size_t produced = kSharedStreamOutput - body.size;
+      body.data = nullptr;
+      body.size = 0;
+      if (produced > 0 && handlers_.on_data) {
+        handlers_.on_data(std::string_view(out, produced));
+        if (done_ || aborted_) {
+          return false;
+        }
+      }
+      if (ec == http::error::need_buffer) {
+        continue;
+      }
+      if (ec == http::error::need_more) {
+        break;
+      }
+      if (ec) {
+        finish(failure(ec, false));
+        return false;
+      }
+      if (used == 0 && produced == 0) {
+        break;
+      }
+    }
+    if (parser_.is_done()) {
+      finish(head_);
+      return false;
+    }
+    if (!input.empty()) {
+      const auto room = buffer_.prepare(input.size());
+      std::memcpy(room.data(), input.data(), input.size());
+      buffer_.commit(input.size());
+    } else {
+      buffer_.shrink_to_fit();
+    }
+    return true;
+  }
 };
 
 template <typename Stream>
@@ -661,7 +775,11 @@ class Call final : public CallBase {
        std::shared_ptr<asio::ssl::context> tls_context = nullptr)
       : CallBase(std::move(state), id, std::move(request), std::move(handlers), buffer_all),
         tls_context_(std::move(tls_context)),
-        resolver_(state_->io) {}
+        resolver_(state_->io) {
+    // TLS keeps its own buffers and may hold decrypted bytes the socket no longer shows as
+    // readable, so only plain sockets wait for readiness.
+    waits_unbuffered_ = !kTls;
+  }
 
  private:
   using Self = Call<Stream>;
@@ -841,8 +959,77 @@ class Call final : public CallBase {
   }
 
   void readBody() override {
+    if constexpr (!kTls) {
+      if (streaming_) {
+        startStreamed();
+        return;
+      }
+    }
     http::async_read_some(*stream_, buffer_, parser_,
                           [self = self()](const ErrorCode& ec, std::size_t) { self->onBody(ec); });
+  }
+
+  // Bytes read with the head are parsed first; then the call waits, holding no buffer.
+  void startStreamed() {
+    if (buffer_.size() > 0 && !feedStreamed({})) {
+      return;
+    }
+    buffer_.shrink_to_fit();
+    // Reads after a wait must not block when the readiness was spurious; Asio's own
+    // operations on this socket work in either mode.
+    ErrorCode ec;
+    stream_->non_blocking(true, ec);
+    if (ec) {
+      finish(failure(ec, false));
+      return;
+    }
+    waitStreamed();
+  }
+
+  void waitStreamed() {
+    stream_->async_wait(asio::socket_base::wait_read,
+                        [self = self()](const ErrorCode& ec) { self->onStreamReadable(ec); });
+  }
+
+  void onStreamReadable(const ErrorCode& wait_error) {
+    if (done_ || aborted_) {
+      return;
+    }
+    if (wait_error) {
+      finish(failure(wait_error, false));
+      return;
+    }
+    // Reads what the socket holds now, but lets other handlers run between two reads of a
+    // fast stream.
+    auto& shared = sharedStreamBuffers();
+    std::unique_ptr<char[]> own;
+    char* input = shared.input.data();
+    if (shared.in_use) {
+      own = std::make_unique_for_overwrite<char[]>(kSharedStreamInput);
+      input = own.get();
+    }
+    ErrorCode ec;
+    const std::size_t n = stream_->read_some(asio::buffer(input, kSharedStreamInput), ec);
+    if (ec == asio::error::would_block || ec == asio::error::try_again) {
+      waitStreamed();
+      return;
+    }
+    if (ec == asio::error::eof) {
+      endStreamed(ec);
+      return;
+    }
+    if (ec) {
+      finish(failure(ec, false));
+      return;
+    }
+    if (!feedStreamed(std::string_view(input, n))) {
+      return;
+    }
+    if (n == kSharedStreamInput) {
+      asio::post(state_->io, [self = self()] { self->onStreamReadable({}); });
+      return;
+    }
+    waitStreamed();
   }
 
   bool keepConnection() override {

@@ -140,7 +140,7 @@ struct HttpClientOptions {
   /// Value of the User-Agent header.
   std::string user_agent = "poolworker";
   /// Largest body a buffered request (or an error answer of a streamed one) accepts.
-  std::size_t max_buffered_body = 64U * 1024U * 1024U;
+  std::size_t max_buffered_body = std::size_t{64} * 1024 * 1024;
   /// How many idle keep-alive connections to keep for reuse; 0: every request has its own
   /// connection, closed after the answer (`Connection: close`).
   std::size_t max_idle_connections = 0;

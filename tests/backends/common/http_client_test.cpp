@@ -1,6 +1,7 @@
-// The HTTP client's keep-alive pool, against a scripted loopback server: connections are reused,
+// The HTTP client against scripted loopback servers. The keep-alive pool: connections are reused,
 // one the server closed while idle is replaced without the caller noticing, and a request the
-// server may have received is never sent twice.
+// server may have received is never sent twice. Streamed bodies: whatever pieces the network
+// cuts them into, they arrive whole, end where HTTP says they end, and fail when cut short.
 
 #include "backends/common/http_client.h"
 
@@ -10,6 +11,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <utility>  // Boost 1.74's Asio uses std::exchange without including it.
@@ -17,6 +19,7 @@
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/write.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
 #include <gtest/gtest.h>
@@ -253,6 +256,145 @@ TEST_F(HttpClientPoolTest, TimeWaitingForAConnectionCountsTowardsTheDeadline) {
   ASSERT_TRUE(answers[2].ok()) << answers[2].error().message;
   EXPECT_EQ(answers[2]->body, "answer 2") << "the request that gave up was never sent";
   EXPECT_EQ(server.connections(), 1);
+}
+
+/// A server that answers its one connection's request with raw bytes, written in the given
+/// pieces with a pause between them, then closes the connection.
+class RawServer {
+ public:
+  explicit RawServer(std::vector<std::string> pieces)
+      : pieces_(std::move(pieces)),
+        acceptor_(io_, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0)) {
+    thread_ = std::thread([this] { serve(); });
+  }
+  ~RawServer() { thread_.join(); }
+
+  std::string url() const {
+    return "http://127.0.0.1:" + std::to_string(acceptor_.local_endpoint().port());
+  }
+
+ private:
+  void serve() {
+    tcp::socket socket(io_);
+    boost::system::error_code ec;
+    acceptor_.accept(socket, ec);
+    if (ec) {
+      return;
+    }
+    boost::beast::flat_buffer buffer;
+    http::request<http::string_body> request;
+    http::read(socket, buffer, request, ec);
+    for (const auto& piece : pieces_) {
+      asio::write(socket, asio::buffer(piece), ec);
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    socket.shutdown(tcp::socket::shutdown_both, ec);
+    socket.close(ec);
+  }
+
+  std::vector<std::string> pieces_;
+  asio::io_context io_;
+  tcp::acceptor acceptor_;
+  std::thread thread_;
+};
+
+class HttpClientStreamTest : public ::testing::Test {
+ protected:
+  struct Streamed {
+    std::string data;
+    int pieces = 0;
+    std::optional<Result<HttpResponse>> done;
+  };
+
+  Streamed stream(const RawServer& server) {
+    auto endpoint = parseHttpEndpoint(server.url());
+    EXPECT_TRUE(endpoint.ok());
+    HttpClientOptions options;
+    options.max_idle_connections = 0;
+    HttpClient http(io_, std::move(endpoint).value(), options);
+    Streamed out;
+    HttpRequest request;
+    request.target = "/logs";
+    request.head_timeout = std::chrono::seconds(10);
+    StreamHandlers handlers;
+    handlers.on_data = [&out](std::string_view data) {
+      out.data.append(data);
+      ++out.pieces;
+    };
+    handlers.on_done = [&out](Result<HttpResponse> r) { out.done.emplace(std::move(r)); };
+    auto call = http.stream(std::move(request), std::move(handlers));
+    while (!out.done && io_.run_one() > 0) {
+    }
+    return out;
+  }
+
+  asio::io_context io_;
+};
+
+std::string chunk(const std::string& data) {
+  std::ostringstream out;
+  out << std::hex << data.size() << "\r\n" << data << "\r\n";
+  return out.str();
+}
+
+constexpr const char* kChunkedHead =
+    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n";
+
+TEST_F(HttpClientStreamTest, AChunkedBodyCutAnywhereArrivesWholeAndInOrder) {
+  // Every cut the network can make: inside the head, inside a chunk's size line, between a
+  // chunk's data and its CRLF, inside the last chunk.
+  const std::string body_a = "line one\n";
+  const std::string body_b(40000, 'x');  // larger than any one read
+  const std::string body_c = "line three\n";
+  const std::string wire =
+      std::string(kChunkedHead) + chunk(body_a) + chunk(body_b) + chunk(body_c) + "0\r\n\r\n";
+  std::vector<std::string> pieces;
+  const std::vector<std::size_t> cuts = {20, 80, 83, 95, 96, 30000, wire.size() - 3};
+  std::size_t from = 0;
+  for (const std::size_t cut : cuts) {
+    pieces.push_back(wire.substr(from, cut - from));
+    from = cut;
+  }
+  pieces.push_back(wire.substr(from));
+  RawServer server(pieces);
+  auto out = stream(server);
+  ASSERT_TRUE(out.done.has_value());
+  ASSERT_TRUE(out.done->ok()) << out.done->error().message;
+  EXPECT_EQ(out.done->value().status, 200);
+  EXPECT_EQ(out.data, body_a + body_b + body_c);
+  EXPECT_GE(out.pieces, 3);
+}
+
+TEST_F(HttpClientStreamTest, ABodyThatEndsWithTheConnectionEndsNormally) {
+  RawServer server({"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nfirst ", "second ", "third"});
+  auto out = stream(server);
+  ASSERT_TRUE(out.done.has_value());
+  ASSERT_TRUE(out.done->ok()) << out.done->error().message;
+  EXPECT_EQ(out.data, "first second third");
+}
+
+TEST_F(HttpClientStreamTest, ABodyWithALengthEndsAtItsLength) {
+  RawServer server({"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234", "56789"});
+  auto out = stream(server);
+  ASSERT_TRUE(out.done.has_value());
+  ASSERT_TRUE(out.done->ok()) << out.done->error().message;
+  EXPECT_EQ(out.data, "0123456789");
+}
+
+TEST_F(HttpClientStreamTest, AChunkedBodyCutShortByTheServerIsAnError) {
+  RawServer server({std::string(kChunkedHead) + chunk("partial\n") + "20\r\nnot all of it"});
+  auto out = stream(server);
+  ASSERT_TRUE(out.done.has_value());
+  EXPECT_FALSE(out.done->ok());
+  EXPECT_EQ(out.data, "partial\nnot all of it");
+}
+
+TEST_F(HttpClientStreamTest, AMalformedChunkIsAnErrorNotAHang) {
+  RawServer server({std::string(kChunkedHead) + chunk("good\n") + "zz\r\nbad\r\n"});
+  auto out = stream(server);
+  ASSERT_TRUE(out.done.has_value());
+  EXPECT_FALSE(out.done->ok());
+  EXPECT_EQ(out.data, "good\n");
 }
 
 }  // namespace
