@@ -922,6 +922,13 @@ asio::awaitable<void> Worker::continueClaimedRun(std::shared_ptr<RunState> run) 
   }
 }
 
+asio::awaitable<void> Worker::releaseUnstarted(std::shared_ptr<RunState> run) {
+  auto reschedule = prefect::makeState("SCHEDULED", "Scheduled",
+                                       "Released by a stopping worker before it started.", run->id);
+  co_await propose(run->id, reschedule, true);
+  releaseRun(run, nullptr);
+}
+
 asio::awaitable<bool> Worker::startClaimedRun(std::shared_ptr<RunState> run) {
   // A burst of claimed runs is prepared and started a few at a time: all at once, their
   // answers, templates and requests would peak the heap at many times what the started runs
@@ -929,10 +936,7 @@ asio::awaitable<bool> Worker::startClaimedRun(std::shared_ptr<RunState> run) {
   const bool queued = starting_.full();
   auto slot = co_await starting_.acquire();
   if (queued && stopping_) {
-    auto reschedule = prefect::makeState(
-        "SCHEDULED", "Scheduled", "Released by a stopping worker before it started.", run->id);
-    co_await propose(run->id, reschedule, true);
-    releaseRun(run, nullptr);
+    co_await releaseUnstarted(run);
     co_return false;
   }
   const std::string deployment_id = str(run->flow_run, "deployment_id");
@@ -1067,10 +1071,7 @@ asio::awaitable<bool> Worker::startClaimedRun(std::shared_ptr<RunState> run) {
     co_return false;
   }
   if (stopping_ && stop_mode_ == StopMode::Cancel) {
-    auto reschedule = prefect::makeState(
-        "SCHEDULED", "Scheduled", "Released by a stopping worker before it started.", run->id);
-    co_await propose(run->id, reschedule, true);
-    releaseRun(run, nullptr);
+    co_await releaseUnstarted(run);
     co_return false;
   }
 
@@ -1118,11 +1119,19 @@ asio::awaitable<bool> Worker::startClaimedRun(std::shared_ptr<RunState> run) {
 }
 
 asio::awaitable<void> Worker::superviseRun(std::shared_ptr<RunState> run) {
-  auto outcome_op = awaitCallback<Outcome>(
-      [this, handle = *run->handle, sink = run->log](Callback<Outcome> done) {
-        backend_->wait(handle, sink, std::move(done));
-      });
+  // Thousands of runs wait here for hours, so this frame holds the wait and nothing else: GCC
+  // gives every local and temporary of a coroutine its own slot for the frame's whole life, and
+  // with what follows the outcome inline the frame was several times larger. The handle is read
+  // from the run, not copied into the frame: the backend copies what it keeps.
+  auto outcome_op = awaitCallback<Outcome>([this, run](Callback<Outcome> done) {
+    backend_->wait(*run->handle, run->log, std::move(done));
+  });
   auto outcome = co_await std::move(outcome_op);
+  auto settle = settleRun(std::move(run), std::move(outcome));
+  co_await std::move(settle);
+}
+
+asio::awaitable<void> Worker::settleRun(std::shared_ptr<RunState> run, Result<Outcome> outcome) {
   if (!outcome) {
     if (outcome.error().kind == ErrorKind::Cancelled) {
       co_return;  // The worker is stopping; the journal keeps the run for the next one.

@@ -135,6 +135,8 @@ class Worker {
   asio::awaitable<void> checkCancellations();
   asio::awaitable<void> submitRun(std::shared_ptr<RunState> run);
   asio::awaitable<void> superviseRun(std::shared_ptr<RunState> run);
+  // Reports a run's end, from the outcome its backend gave (or the error that lost it).
+  asio::awaitable<void> settleRun(std::shared_ptr<RunState> run, Result<Outcome> outcome);
   asio::awaitable<void> cancelRun(std::shared_ptr<RunState> run);
   asio::awaitable<void> recoverRuns();
   asio::awaitable<void> settleJournalEntry(JournalEntry entry);
@@ -145,6 +147,8 @@ class Worker {
   asio::awaitable<void> continueClaimedRun(std::shared_ptr<RunState> run);
   // Prepares and starts a claimed run, holding a `starting_` slot; true when it was started.
   asio::awaitable<bool> startClaimedRun(std::shared_ptr<RunState> run);
+  // Puts a claimed run that never started back to SCHEDULED for another worker.
+  asio::awaitable<void> releaseUnstarted(std::shared_ptr<RunState> run);
   // The state the run had ended in just before this worker's accepted claim (COMPLETED, FAILED
   // or CRASHED), read from its state history; nullopt when the claim followed a live state.
   asio::awaitable<std::optional<Json>> finishedBeforeOurClaim(std::shared_ptr<RunState> run);
