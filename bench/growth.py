@@ -54,6 +54,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import dispatch  # noqa: E402
+from scale import relative_args  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -349,7 +350,7 @@ def main() -> None:
             fail(f"{name} not found at {path} (build first)")
     version = subprocess.run([poolworker, "--version"], capture_output=True, text=True).stdout
     results = {
-        "command": "python3 bench/growth.py " + " ".join(sys.argv[1:]),
+        "command": "python3 bench/growth.py " + " ".join(relative_args(sys.argv[1:])),
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.node()}, {os.cpu_count()} CPUs, {platform.machine()}, "
                    f"Linux {platform.release()}",

@@ -60,6 +60,18 @@ POLL_ROUTE = f"POST /work_pools/{POOL}/get_scheduled_flow_runs"
 R_MIN = 2
 
 
+def relative_args(argv: list[str]) -> list[str]:
+    """The command line as written in the results: paths inside the repository relative to it,
+    so that no path of the machine that ran it ends up in the tables."""
+    out = []
+    for arg in argv:
+        try:
+            out.append(str(Path(arg).resolve().relative_to(REPO)) if os.sep in arg else arg)
+        except ValueError:
+            out.append(arg)
+    return out
+
+
 def fail(message: str) -> None:
     print(f"scale.py: {message}", file=sys.stderr)
     sys.exit(1)
@@ -477,7 +489,7 @@ def main() -> None:
         print("syscalls", json.dumps(raw["syscalls"]), flush=True)
     shutil.rmtree(work, ignore_errors=True)
 
-    command = "python3 bench/scale.py " + " ".join(sys.argv[1:])
+    command = "python3 bench/scale.py " + " ".join(relative_args(sys.argv[1:]))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     markdown = table(raw, command.strip())
